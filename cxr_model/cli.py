@@ -1,0 +1,44 @@
+"""The ``cxr`` command.
+
+Subcommands are registered through the ``cxr.commands`` entry-point group (see
+pyproject.toml): each entry is a function ``register(subparsers)`` that adds
+its parser and sets ``func``. This keeps the dispatcher free of imports from
+training or serving, which may pull in Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import metadata
+
+
+def register_model_card(subparsers) -> None:
+    parser = subparsers.add_parser("model-card", help="print a checkpoint's model card")
+    parser.add_argument("checkpoint", help="checkpoint directory")
+    parser.set_defaults(func=_model_card)
+
+
+def _model_card(args) -> int:
+    from cxr_model.checkpoint import read_card
+
+    print(json.dumps(read_card(args.checkpoint).to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="CXR Serve: chest X-ray triage models")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for entry in sorted(metadata.entry_points(group="cxr.commands"), key=lambda e: e.name):
+        entry.load()(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The one preprocessing path shared by training, evaluation and serving.
+
+``decode_grayscale`` turns encoded bytes (PNG/JPEG; mode L, RGB, 16-bit) into a
+single-channel float tensor in [0, 1] at the model's input size, and
+``normalize`` makes the 3-channel, mean/std-normalised model input. Training
+inserts augmentation between the two; nothing else differs between paths.
+Bump ``PREPROCESSING_VERSION`` whenever the output for a given input changes:
+it is recorded in every model card and every stored prediction.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+PREPROCESSING_VERSION = "cxr-pre-1"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageDecodeError(ValueError):
+    """An upload or data file that is not a usable image; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    version: str = PREPROCESSING_VERSION
+    # Refuse images larger than this before their pixels are decoded.
+    max_pixels: int = 50_000_000
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        return cls(
+            input_size=int(data["input_size"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            version=str(data.get("version", PREPROCESSING_VERSION)),
+            max_pixels=int(data.get("max_pixels", cls.max_pixels)),
+        )
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The container format from magic bytes, never from a name or Content-Type."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    return None
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open and fully decode an image, raising ``ImageDecodeError`` for anything unusable."""
+    if not data:
+        raise ImageDecodeError("empty", "the file is empty")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError("not_an_image", "not a PNG or JPEG image")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("too_many_pixels", str(exc)) from exc
+    except Exception as exc:
+        raise ImageDecodeError("not_an_image", f"cannot read the {fmt.upper()} header: {exc}") from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError("not_an_image", "the image has no pixels")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            "too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels"
+        )
+    try:
+        image.load()
+    except Exception as exc:
+        raise ImageDecodeError("truncated", f"the image data is truncated or corrupt: {exc}") from exc
+    return image
+
+
+def _to_unit_gray(image: Image.Image, size: int) -> np.ndarray:
+    """Resize to size x size and return float32 grey levels in [0, 1].
+
+    Resizing happens in PIL on the native bit depth, which is several times
+    cheaper than converting the full-resolution image to float first.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(image, dtype=np.float32) / 65535.0
+        gray = Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR)
+        return np.clip(np.asarray(gray, dtype=np.float32), 0.0, 1.0)
+    if image.mode not in ("L", "RGB"):
+        # Palette, alpha and CMYK images: flatten onto their own colour model first.
+        image = image.convert("RGB")
+    if image.mode == "RGB":
+        image = image.convert("L")
+    gray = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.float32) / 255.0
+
+
+def decode_grayscale(data: bytes, spec: PreprocessSpec) -> torch.Tensor:
+    """Encoded bytes -> float tensor [1, S, S] in [0, 1]."""
+    image = open_image(data, spec.max_pixels)
+    if image.format == "JPEG":
+        image = ImageOps.exif_transpose(image)
+    return torch.from_numpy(_to_unit_gray(image, spec.input_size)).unsqueeze(0)
+
+
+def normalize(gray: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """[1, S, S] (or [N, 1, S, S]) grey levels -> 3-channel normalised model input."""
+    mean = torch.tensor(spec.mean, dtype=gray.dtype).view(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=gray.dtype).view(3, 1, 1)
+    return (gray - mean) / std
+
+
+def preprocess(data: bytes, spec: PreprocessSpec) -> torch.Tensor:
+    """Encoded bytes -> model input [3, S, S]. The path evaluation and serving use."""
+    return normalize(decode_grayscale(data, spec), spec)
+

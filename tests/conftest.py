@@ -1,0 +1,75 @@
+"""Shared fixtures: generated data, small checkpoints, one real Ray instance per session."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# Tests run a throw-away local cluster; Ray 2.60 turns token auth on for new clusters.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+from cxr_model.checkpoint import ModelCard, save_checkpoint  # noqa: E402
+from cxr_model.labels import COVID4, MULTICLASS  # noqa: E402
+from cxr_model.network import build_model  # noqa: E402
+from cxr_model.preprocessing import PreprocessSpec  # noqa: E402
+from training.synthetic import make_demo_dataset  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The one real Ray instance for the whole session (2 CPUs, as on CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """50 synthetic images per class in the Kaggle layout, with 2 duplicates per class."""
+    root = tmp_path_factory.mktemp("demo-data") / "COVID-19_Radiography_Dataset"
+    make_demo_dataset(root, per_class=50, seed=0, duplicates=2)
+    return root
+
+
+def make_card(labels=COVID4, task=MULTICLASS, backbone="densenet121", size=64, **extra) -> ModelCard:
+    return ModelCard(
+        name=f"test-{backbone}", version="0.0.1", backbone=backbone, task=task, labels=list(labels),
+        preprocessing=PreprocessSpec(input_size=size).to_dict(), **extra,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-init densenet121 checkpoint at 64 px: fast to load, real format."""
+    torch.manual_seed(0)
+    model = build_model("densenet121", len(COVID4), "none")
+    directory = tmp_path_factory.mktemp("tiny-checkpoint")
+    save_checkpoint(model, make_card(), directory)
+    return directory

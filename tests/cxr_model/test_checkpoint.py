@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_model.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint, sha256_file
+from cxr_model.classifier import Classifier
+from cxr_model.labels import MULTILABEL, NIH14
+from cxr_model.network import build_model
+from tests.conftest import make_card
+
+
+def test_round_trip_gives_bit_identical_probabilities(tmp_path):
+    torch.manual_seed(1)
+    model = build_model("densenet121", 4, "none")
+    # A few BatchNorm updates so running statistics are not their defaults.
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 64, 64))
+    card = make_card()
+    inputs = torch.randn(5, 3, 64, 64)
+    before = Classifier(model, card, device="cpu").predict_batch(inputs)
+    save_checkpoint(model, card, tmp_path / "ckpt")
+    after = load_checkpoint(tmp_path / "ckpt", device="cpu").predict_batch(inputs)
+    assert np.array_equal(before, after)
+    np.testing.assert_allclose(after.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_model_card_records_what_an_auditor_needs(tmp_checkpoint_card):
+    directory, card = tmp_checkpoint_card
+    stored = json.loads((directory / "model_card.json").read_text())
+    for key in ("backbone", "task", "labels", "thresholds", "preprocessing", "training_config",
+                "data_manifest_sha256", "split_seed", "metrics", "weights_sha256", "created_at", "code_version"):
+        assert key in stored
+    assert stored["weights_sha256"] == sha256_file(directory / "weights.pt")
+    assert stored["preprocessing"]["input_size"] == 64
+    assert stored["preprocessing"]["version"] == "cxr-pre-1"
+    assert stored["code_version"].startswith("0.1.0")
+    assert stored["data_manifest_sha256"] == "ab" * 32 and stored["split_seed"] == 7
+
+
+@pytest.fixture
+def tmp_checkpoint_card(tmp_path):
+    card = make_card(data_manifest_sha256="ab" * 32, split_seed=7, metrics={"stage1": {"val_macro_f1": 0.5}})
+    save_checkpoint(build_model("densenet121", 4, "none"), card, tmp_path)
+    return tmp_path, card
+
+
+def test_tampered_weights_are_refused(tmp_checkpoint_card):
+    directory, _ = tmp_checkpoint_card
+    weights = directory / "weights.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(directory)
+
+
+def test_unknown_card_fields_are_refused(tmp_checkpoint_card):
+    directory, _ = tmp_checkpoint_card
+    path = directory / "model_card.json"
+    data = json.loads(path.read_text())
+    data["lables"] = ["typo"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="unknown fields"):
+        read_card(directory)
+
+
+def test_multilabel_checkpoint_uses_sigmoid_and_per_label_thresholds(tmp_path):
+    model = build_model("densenet121", len(NIH14), "none")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.linspace(-3, 3, len(NIH14)))
+    thresholds = [0.5] * len(NIH14)
+    thresholds[0] = 0.01  # Atelectasis called at a very low probability
+    card = make_card(labels=NIH14, task=MULTILABEL, thresholds=thresholds)
+    save_checkpoint(model, card, tmp_path)
+    classifier = load_checkpoint(tmp_path, device="cpu")
+    probs = classifier.predict_batch(torch.randn(2, 3, 64, 64))
+    np.testing.assert_allclose(probs[0], torch.sigmoid(torch.linspace(-3, 3, len(NIH14))).numpy(), rtol=1e-5)
+    assert not np.allclose(probs.sum(axis=1), 1.0)
+    positives = classifier.positives(probs)[0]
+    expected = ["Atelectasis"] + [n for n, p in zip(NIH14, probs[0]) if p >= 0.5]
+    assert positives == list(dict.fromkeys(expected))

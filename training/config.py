@@ -1,0 +1,145 @@
+"""Training configuration: one typed object from a YAML file plus command-line flags.
+
+Unknown YAML keys are errors: a misspelt ``stage2: {lr: ...}`` must not be
+silently ignored. The final configuration is saved next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class StageConfig:
+    epochs: int
+    lr: float
+    weight_decay: float = 1e-4
+    # Stop after this many epochs without a better validation macro-F1.
+    patience: int = 3
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = ""
+    output_dir: str = "runs/cxr"
+    layout: str = "auto"
+    backbone: str = "densenet161"
+    weights: str = "imagenet"
+    image_size: int = 224
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    seed: int = 0
+    workers: int = 1
+    gpu: bool = False
+    cpus_per_worker: int = 1
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    loader_workers: int = 2
+    loss: str = "ce"  # ce | focal (multi-label always uses BCE, focal optional)
+    class_weighting: bool = True
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    hflip: bool = True
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=5, lr=1e-3))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=10, lr=1e-4))
+    model_name: str = ""
+    model_version: str = ""
+    synthetic_demo: bool = False
+    # Progress bars within epochs; off in tests and non-interactive logs.
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["split_fractions"] = list(self.split_fractions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return _build(cls, data, "config")
+
+    def validate(self) -> "TrainConfig":
+        if not self.data_dir:
+            raise ValueError("data_dir is required")
+        if self.loss not in ("ce", "focal"):
+            raise ValueError(f"loss must be ce or focal, not {self.loss!r}")
+        if self.workers < 1 or self.batch_size < 1 or self.image_size < 32:
+            raise ValueError("workers and batch_size must be >= 1, image_size >= 32")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ValueError("split_fractions must be three numbers summing to 1")
+        return self
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    values = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if cls is TrainConfig else None
+        if is_dataclass(default):
+            value = _build(type(default), value, f"{where}.{name}")
+        elif name == "split_fractions":
+            value = tuple(float(v) for v in value)
+        values[name] = value
+    return cls(**values)
+
+
+def load_config(path: str | Path | None) -> TrainConfig:
+    if path is None:
+        return TrainConfig()
+    return TrainConfig.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags override the YAML file; every default is None meaning 'keep the file's value'."""
+    parser.add_argument("--config", help="YAML file with TrainConfig fields")
+    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--output-dir", dest="output_dir")
+    parser.add_argument("--layout", choices=("auto", "kaggle", "roboflow", "csv", "imagefolder"))
+    parser.add_argument("--backbone")
+    parser.add_argument("--weights", help="imagenet | none | path/to/torchvision_state_dict.pth")
+    parser.add_argument("--image-size", dest="image_size", type=int)
+    parser.add_argument("--workers", type=int, help="Ray Train workers")
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=int)
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--loader-workers", dest="loader_workers", type=int)
+    parser.add_argument("--loss", choices=("ce", "focal"))
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--split-seed", dest="split_seed", type=int)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--stage1-epochs", dest="stage1.epochs", type=int)
+    parser.add_argument("--stage1-lr", dest="stage1.lr", type=float)
+    parser.add_argument("--stage2-epochs", dest="stage2.epochs", type=int)
+    parser.add_argument("--stage2-lr", dest="stage2.lr", type=float)
+    parser.add_argument("--patience", type=int, help="early-stopping patience for both stages")
+    parser.add_argument("--model-name", dest="model_name")
+    parser.add_argument("--model-version", dest="model_version")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    config = load_config(args.config)
+    for key, value in vars(args).items():
+        if value is None or key in ("config", "func", "command", "patience"):
+            continue
+        if "." in key:
+            stage, attr = key.split(".")
+            setattr(getattr(config, stage), attr, value)
+        elif hasattr(config, key):
+            setattr(config, key, value)
+    if getattr(args, "patience", None) is not None:
+        config.stage1.patience = config.stage2.patience = args.patience
+    return config.validate()
