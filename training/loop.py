@@ -12,6 +12,7 @@ weights, model card and the optimiser/scheduler/early-stopping state, which
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ from training.metrics import classification_metrics
 from training.splits import load_manifest, split_entries
 
 TRAIN_STATE_FILE = "train_state.pt"
+# Ray Train V2 tees print() to both stdout and its logger; logging shows each line once.
+log = logging.getLogger(__name__)
 
 
 def _gather(obj, world: int) -> list:
@@ -96,7 +99,7 @@ def train_stage_loop(loop_config: dict) -> None:
             saved = torch.load(Path(directory) / TRAIN_STATE_FILE, map_location="cpu")
         state = saved["state"]
         if rank == 0:
-            print(f"[{stage}] resuming after epoch {state['epoch']} (best val macro-F1 {state['best_score']:.4f})")
+            log.info(f"[{stage}] resuming after epoch {state['epoch']} (best val macro-F1 {state['best_score']:.4f})")
 
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -163,16 +166,17 @@ def train_stage_loop(loop_config: dict) -> None:
         state["stale"] = 0 if improved else state["stale"] + 1
         state["epoch"] = epoch + 1
         row = {
-            "stage": stage, "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+            "stage": stage, "epoch": epoch + 1, "world_size": world, "train_loss": train_loss,
+            "val_loss": val_loss,
             "val_accuracy": val["accuracy"], "val_macro_f1": score, "val_macro_roc_auc": val["macro_roc_auc"],
             "val_ece": val["ece"], "lr": scheduler.get_last_lr()[0], "train_images_per_s": images_per_s,
         }
         state["history"].append(row)
         if rank == 0:
             auc = "n/a" if row["val_macro_roc_auc"] is None else f"{row['val_macro_roc_auc']:.3f}"
-            print(f"[{stage}] epoch {epoch + 1}/{stage_cfg.epochs} train_loss {train_loss:.4f} "
+            log.info(f"[{stage}] epoch {epoch + 1}/{stage_cfg.epochs} train_loss {train_loss:.4f} "
                   f"val_loss {val_loss:.4f} val_acc {val['accuracy']:.3f} val_macro_f1 {score:.3f} "
-                  f"val_auc {auc} {images_per_s:.1f} img/s{' *best*' if improved else ''}", flush=True)
+                  f"val_auc {auc} {images_per_s:.1f} img/s{' *best*' if improved else ''}")
         metrics = {k: v for k, v in row.items() if v is not None}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -186,5 +190,5 @@ def train_stage_loop(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
         if state["stale"] >= stage_cfg.patience:
             if rank == 0:
-                print(f"[{stage}] early stop: no better val macro-F1 for {stage_cfg.patience} epochs", flush=True)
+                log.info(f"[{stage}] early stop: no better val macro-F1 for {stage_cfg.patience} epochs")
             break

@@ -97,7 +97,8 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
             ax.axvline(boundary + 0.5, color="grey", linestyle=":", label="stage 1 | stage 2")
         ax.set_xlabel("epoch (both stages)")
         ax.legend(fontsize=8)
-    loss_ax.set_title("Loss")
+    loss_ax.set_yscale("log")  # the stage-2 start-up spike would flatten everything else
+    loss_ax.set_title("Loss (log scale)")
     metric_ax.set_title("Validation metrics")
     metric_ax.set_ylim(0, 1.02)
     _save(fig, path)
