@@ -1,0 +1,1 @@
+"""Ray Serve application: BatchedClassifier, ResultStore and the Starlette Ingress."""

@@ -1,0 +1,40 @@
+"""The Ray Serve application: ``serve run serve_config.yaml`` imports ``serve.app:build_app``.
+
+A typed builder (no `from __future__ import annotations` here: Serve reads the
+annotation object to find AppArgs). Serve validates the YAML's ``args`` against ``AppArgs``
+(unknown keys are errors), and the ``CXR_*`` environment is read here, once,
+and passed down to every deployment.
+"""
+
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from ray.serve import Application
+
+from serve.classifier import BatchedClassifier
+from serve.ingress import Ingress
+from serve.settings import ServeSettings
+from serve.store import ResultStore
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+    device: str = "auto"
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        path = Path(value).expanduser().resolve()
+        if not (path / "model_card.json").is_file():
+            raise ValueError(f"{value} is not a checkpoint directory (no model_card.json)")
+        return str(path)
+
+
+def build_app(args: AppArgs) -> Application:
+    settings = ServeSettings().model_dump()
+    classifier = BatchedClassifier.bind(args.checkpoint, args.device)
+    store = ResultStore.bind(settings)
+    return Ingress.bind(classifier, store, settings)

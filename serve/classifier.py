@@ -1,0 +1,117 @@
+"""``BatchedClassifier``: the GPU (or CPU) deployment that runs the model.
+
+It receives decoded grey levels at the model's input size (decoding and
+validation happen in the ingress, so one bad upload never fails a batch),
+stacks them, normalises, and runs one forward pass per ``@serve.batch``.
+``user_config`` rolls a new checkpoint in without restarting the app and tunes
+batch size and wait time at runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from cxr_model.checkpoint import load_checkpoint
+from cxr_model.gradcam import gradcam
+from cxr_model.preprocessing import normalize
+
+
+class InputSizeMismatch(ValueError):
+    """The tensor was preprocessed for another model version (a roll happened in between)."""
+
+
+def model_info(card) -> dict:
+    return {
+        "name": card.name, "version": card.version, "backbone": card.backbone, "task": card.task,
+        "labels": list(card.labels), "thresholds": list(card.thresholds),
+        "weights_sha256": card.weights_sha256, "preprocessing_version": card.preprocess_spec.version,
+        "input_size": card.preprocess_spec.input_size, "synthetic_demo": card.synthetic_demo,
+    }
+
+
+@serve.deployment(name="BatchedClassifier")
+class BatchedClassifier:
+    def __init__(self, checkpoint: str, device: str = "auto"):
+        self.device = device
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        # Ray pins OMP threads to the replica's CPUs; torch must agree or it oversubscribes.
+        torch.set_num_threads(max(1, int(cpus)))
+        self.classifier = None
+        self.checkpoint = None
+        self._load(checkpoint)
+        self.batch_sizes = Histogram("cxr_batch_size", description="images per model forward pass",
+                                     boundaries=[1, 2, 4, 8, 16, 32, 64])
+        self.inference_seconds = Histogram("cxr_inference_seconds", description="model forward time per batch",
+                                           boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10])
+        self.model_loaded = Gauge("cxr_model_info", description="1 for the model version this replica serves",
+                                  tag_keys=("model", "version"))
+        self.rolls = Counter("cxr_model_rolls_total", description="checkpoints loaded via user_config")
+        self.model_loaded.set(1, tags={"model": self.classifier.card.name, "version": self.classifier.card.version})
+
+    def _load(self, checkpoint: str) -> None:
+        classifier = load_checkpoint(checkpoint, device=self.device, channels_last=True)
+        self.classifier, self.checkpoint = classifier, checkpoint  # one assignment: batches see old or new
+
+    def reconfigure(self, user_config: dict) -> None:
+        unknown = set(user_config) - {"checkpoint", "max_batch_size", "batch_wait_timeout_s"}
+        if unknown:
+            raise ValueError(f"unknown BatchedClassifier user_config keys: {sorted(unknown)}")
+        if user_config.get("checkpoint") and user_config["checkpoint"] != self.checkpoint:
+            old = self.classifier.card
+            self._load(user_config["checkpoint"])
+            if hasattr(self, "rolls"):
+                self.rolls.inc()
+                self.model_loaded.set(0, tags={"model": old.name, "version": old.version})
+                card = self.classifier.card
+                self.model_loaded.set(1, tags={"model": card.name, "version": card.version})
+        if "max_batch_size" in user_config:
+            self.predict.set_max_batch_size(int(user_config["max_batch_size"]))
+        if "batch_wait_timeout_s" in user_config:
+            self.predict.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+    def model_card(self) -> dict:
+        return self.classifier.card.to_dict()
+
+    def _forward(self, classifier, grays: list[torch.Tensor]) -> np.ndarray:
+        spec = classifier.card.preprocess_spec
+        return classifier.predict_batch(normalize(torch.stack(grays), spec))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def predict(self, grays: list[torch.Tensor]) -> list[dict]:
+        classifier = self.classifier  # the model for this whole batch, even if a roll lands meanwhile
+        size = classifier.card.preprocess_spec.input_size
+        results: list[dict | None] = [None] * len(grays)
+        good = [i for i, g in enumerate(grays) if tuple(g.shape) == (1, size, size)]
+        for i in set(range(len(grays))) - set(good):
+            results[i] = {"error": "input_size_mismatch", "input_size": size}
+        if good:
+            started = time.perf_counter()
+            # Off the event loop, so requests keep queueing for the next batch meanwhile.
+            probs = await asyncio.to_thread(self._forward, classifier, [grays[i] for i in good])
+            self.inference_seconds.observe(time.perf_counter() - started)
+            self.batch_sizes.observe(len(good))
+            info = model_info(classifier.card)
+            for row, i in zip(probs, good):
+                results[i] = {"probabilities": [float(p) for p in row], "model": info, "batch_size": len(good)}
+        return results
+
+    async def explain(self, gray: torch.Tensor, target: int | None = None) -> dict:
+        """Grad-CAM heatmap for one image; its own call, so plain predictions never pay for it."""
+        classifier = self.classifier
+        size = classifier.card.preprocess_spec.input_size
+        if tuple(gray.shape) != (1, size, size):
+            return {"error": "input_size_mismatch", "input_size": size}
+        x = normalize(gray, classifier.card.preprocess_spec).to(classifier.device)
+        heatmap, index = await asyncio.to_thread(gradcam, classifier.model, x, target)
+        return {"heatmap": heatmap, "target": index, "label": classifier.labels[index]}
+
+    def check_health(self) -> None:
+        if self.classifier is None:
+            raise RuntimeError("no model loaded")

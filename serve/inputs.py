@@ -1,0 +1,59 @@
+"""Validation of what clients send, before anything reaches the model or the database.
+
+Each rejection carries an HTTP status and a stable error code, so the API, the
+pages and the metrics all name the same problem.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, decode_grayscale
+
+PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
+
+# ImageDecodeError.reason -> HTTP status
+_DECODE_STATUS = {"empty": 400, "not_an_image": 415, "truncated": 422, "too_many_pixels": 413}
+
+
+class InputError(ValueError):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.field = status, code, field
+
+    def to_json(self) -> dict:
+        body = {"code": self.code, "message": str(self)}
+        if self.field:
+            body["field"] = self.field
+        return {"error": body}
+
+
+def validate_patient_id(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(400, "missing_patient_id", "patient_id is required", "patient_id")
+    value = value.strip()
+    if not PATIENT_ID.fullmatch(value):
+        raise InputError(400, "bad_patient_id",
+                         "patient_id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                         "patient_id")
+    return value
+
+
+def validate_request_id(value) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
+        raise InputError(400, "bad_request_id", "request_id must be 8-128 letters, digits or ._:-", "request_id")
+    return value
+
+
+def decode_upload(data: bytes, spec: PreprocessSpec) -> torch.Tensor:
+    """Bytes -> grey levels [1, S, S] for the model; 4xx ``InputError`` for anything unusable."""
+    try:
+        return decode_grayscale(data, spec)
+    except ImageDecodeError as exc:
+        raise InputError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, str(exc), "image") from exc

@@ -1,0 +1,171 @@
+"""Prediction records and images in MongoDB, through pymongo only.
+
+Images go to GridFS first, then the record that points at them, so no record
+ever names a missing file. ``request_id`` is unique: a repeated or concurrent
+save of the same request returns the one stored record, and the loser of a race
+removes the files it uploaded. Writes use write concern ``majority``. When the
+database cannot be reached, ``save`` says so (``saved: False`` with a reason);
+it never claims a save that did not happen.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import gridfs
+from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError, WriteError
+from ray import serve
+from ray.serve.metrics import Counter
+
+from serve.settings import ServeSettings
+
+PREDICTIONS = "predictions"
+IMAGE_KINDS = ("original", "annotated", "gradcam")
+
+PREDICTION_SCHEMA = {
+    "bsonType": "object",
+    "required": ["_id", "request_id", "patient_id", "created_at", "probabilities", "top_label",
+                 "confidence", "model", "files"],
+    "properties": {
+        "_id": {"bsonType": "string"},
+        "request_id": {"bsonType": "string"},
+        "patient_id": {"bsonType": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "created_at": {"bsonType": "date"},
+        "probabilities": {"bsonType": "object"},
+        "top_label": {"bsonType": "string"},
+        "confidence": {"bsonType": "double", "minimum": 0, "maximum": 1},
+        "positives": {"bsonType": "array"},
+        "model": {"bsonType": "object", "required": ["name", "version", "weights_sha256", "preprocessing_version"]},
+        "files": {"bsonType": "object", "required": ["original", "annotated"]},
+    },
+}
+
+
+class ResultRepository:
+    def __init__(self, uri: str, database: str, timeout_ms: int = 3000):
+        self.client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                                  socketTimeoutMS=max(timeout_ms * 3, 10000), tz_aware=True)
+        self.db = self.client.get_database(database, write_concern=WriteConcern(w="majority"))
+        self.files = gridfs.GridFS(self.db, collection="images")
+        self._schema_ready = False
+
+    def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        try:
+            self.db.create_collection(PREDICTIONS, validator={"$jsonSchema": PREDICTION_SCHEMA})
+        except CollectionInvalid:
+            self.db.command("collMod", PREDICTIONS, validator={"$jsonSchema": PREDICTION_SCHEMA})
+        collection = self.db[PREDICTIONS]
+        collection.create_index([("request_id", ASCENDING)], unique=True, name="request_id_unique")
+        collection.create_index([("patient_id", ASCENDING), ("created_at", DESCENDING)], name="patient_recent")
+        self._schema_ready = True
+
+    def ping(self) -> bool:
+        try:
+            self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    def _existing(self, request_id: str) -> dict | None:
+        return self.db[PREDICTIONS].find_one({"request_id": request_id})
+
+    def save(self, record: dict, images: dict[str, bytes]) -> dict:
+        """Store images then the record; returns {saved, prediction_id, duplicate, reason}."""
+        uploaded = []
+        try:
+            self.ensure_schema()
+            existing = self._existing(record["request_id"])
+            if existing is not None:
+                return {"saved": True, "prediction_id": existing["_id"], "duplicate": True}
+            prediction_id = uuid.uuid4().hex
+            files = {}
+            for kind, data in images.items():
+                file_id = self.files.put(data, filename=f"{prediction_id}-{kind}.png", content_type="image/png",
+                                         metadata={"prediction_id": prediction_id, "kind": kind,
+                                                   "request_id": record["request_id"]})
+                uploaded.append(file_id)
+                files[kind] = file_id
+            document = {**record, "_id": prediction_id, "files": files}
+            try:
+                self.db[PREDICTIONS].insert_one(document)
+            except DuplicateKeyError:
+                # A concurrent save of the same request won; keep its record, drop our files.
+                self._discard(uploaded)
+                existing = self._existing(record["request_id"])
+                return {"saved": True, "prediction_id": existing["_id"], "duplicate": True}
+            return {"saved": True, "prediction_id": prediction_id, "duplicate": False}
+        except WriteError as exc:
+            self._discard(uploaded)
+            return {"saved": False, "prediction_id": None, "duplicate": False,
+                    "reason": f"record rejected by the database schema (code {exc.code})"}
+        except PyMongoError as exc:
+            self._discard(uploaded)
+            return {"saved": False, "prediction_id": None, "duplicate": False,
+                    "reason": f"database unavailable ({exc.__class__.__name__})"}
+
+    def _discard(self, file_ids) -> None:
+        for file_id in file_ids:
+            try:
+                self.files.delete(file_id)
+            except PyMongoError:
+                pass  # left for the orphan sweep: files whose prediction_id has no record
+
+    def get(self, prediction_id: str) -> dict | None:
+        return self.db[PREDICTIONS].find_one({"_id": prediction_id})
+
+    def image(self, prediction_id: str, kind: str) -> bytes | None:
+        record = self.get(prediction_id)
+        if record is None or kind not in record["files"]:
+            return None
+        return self.files.get(record["files"][kind]).read()
+
+    def by_patient(self, patient_id: str, page: int = 1, page_size: int = 20) -> tuple[list[dict], int]:
+        query = {"patient_id": patient_id}
+        total = self.db[PREDICTIONS].count_documents(query)
+        cursor = (self.db[PREDICTIONS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                  .skip((page - 1) * page_size).limit(page_size))
+        return list(cursor), total
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@serve.deployment(name="ResultStore")
+class ResultStore:
+    """Serve wrapper: the database connection lives in the replica, callers pass plain data."""
+
+    def __init__(self, settings: dict):
+        config = ServeSettings(**settings)
+        uri = config.mongodb_uri
+        if not uri:
+            import ray
+
+            from serve.embedded_db import embedded_mongodb
+
+            uri = ray.get(embedded_mongodb(config.embedded_db_dir, config.embedded_db_port).uri.remote())
+        self.repo = ResultRepository(uri, config.mongodb_database, config.mongodb_timeout_ms)
+        self.failures = Counter("cxr_storage_failures_total", description="saves that could not be stored",
+                                tag_keys=("operation",))
+
+    def save(self, record: dict, images: dict[str, bytes]) -> dict:
+        result = self.repo.save(record, images)
+        if not result["saved"]:
+            self.failures.inc(tags={"operation": "save"})
+        return result
+
+    def get(self, prediction_id: str) -> dict | None:
+        return self.repo.get(prediction_id)
+
+    def image(self, prediction_id: str, kind: str) -> bytes | None:
+        return self.repo.image(prediction_id, kind)
+
+    def by_patient(self, patient_id: str, page: int, page_size: int):
+        return self.repo.by_patient(patient_id, page, page_size)
+
+    def ping(self) -> bool:
+        return self.repo.ping()
