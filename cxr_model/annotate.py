@@ -11,6 +11,7 @@ import io
 from PIL import Image, ImageDraw, ImageFont
 
 NOTICE = "Decision support only - not for diagnostic use"
+DEMO_NOTICE = "SYNTHETIC DEMO MODEL - not for clinical use"
 
 
 def annotate(image: Image.Image, headline: str, detail: str = NOTICE) -> Image.Image:

@@ -9,7 +9,7 @@ and passed down to every deployment.
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 from ray.serve import Application
 
 from serve.classifier import BatchedClassifier
@@ -21,20 +21,23 @@ from serve.store import ResultStore
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str
+    # ``CXR_CHECKPOINT`` in the environment wins, so one config serves every installation.
+    checkpoint: str = ""
     device: str = "auto"
 
-    @field_validator("checkpoint")
-    @classmethod
-    def _exists(cls, value: str) -> str:
-        path = Path(value).expanduser().resolve()
-        if not (path / "model_card.json").is_file():
-            raise ValueError(f"{value} is not a checkpoint directory (no model_card.json)")
-        return str(path)
+
+def resolve_checkpoint(value: str) -> str:
+    if not value:
+        raise ValueError("no checkpoint: set args.checkpoint in serve_config.yaml or CXR_CHECKPOINT")
+    path = Path(value).expanduser().resolve()
+    if not (path / "model_card.json").is_file():
+        raise ValueError(f"{value} is not a checkpoint directory (no model_card.json)")
+    return str(path)
 
 
 def build_app(args: AppArgs) -> Application:
-    settings = ServeSettings().model_dump()
-    classifier = BatchedClassifier.bind(args.checkpoint, args.device)
-    store = ResultStore.bind(settings)
-    return Ingress.bind(classifier, store, settings)
+    settings = ServeSettings()
+    checkpoint = resolve_checkpoint(settings.checkpoint or args.checkpoint)
+    classifier = BatchedClassifier.bind(checkpoint, args.device)
+    store = ResultStore.bind(settings.model_dump())
+    return Ingress.bind(classifier, store, settings.model_dump())

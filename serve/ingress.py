@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
+
+import yaml
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -19,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cxr_model.annotate import annotate, to_png
+from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, to_png
 from cxr_model.checkpoint import ModelCard
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.labels import MULTICLASS
@@ -28,6 +31,18 @@ from serve.inputs import InputError, decode_upload, validate_patient_id, validat
 from serve.settings import ServeSettings
 from serve.store import IMAGE_KINDS, now
 
+OPENAPI = yaml.safe_load((Path(__file__).with_name("openapi.yaml")).read_text())
+# path, handler method, HTTP methods; the OpenAPI test checks this table against openapi.yaml.
+ROUTES = [
+    ("/api/v1/predictions", "create_prediction", ["POST"]),
+    ("/api/v1/predictions/{prediction_id}", "get_prediction", ["GET"]),
+    ("/api/v1/predictions/{prediction_id}/image", "get_image", ["GET"]),
+    ("/api/v1/patients/{patient_id}/predictions", "patient_predictions", ["GET"]),
+    ("/api/v1/model", "model", ["GET"]),
+    ("/api/v1/openapi.json", "openapi", ["GET"]),
+    ("/healthz", "healthz", ["GET"]),
+    ("/readyz", "readyz", ["GET"]),
+]
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
@@ -64,15 +79,7 @@ class Ingress:
                                        boundaries=LATENCY_BUCKETS, tag_keys=("stage",))
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/api/v1/predictions", self.create_prediction, methods=["POST"]),
-            Route("/api/v1/predictions/{prediction_id}", self.get_prediction, methods=["GET"]),
-            Route("/api/v1/predictions/{prediction_id}/image", self.get_image, methods=["GET"]),
-            Route("/api/v1/patients/{patient_id}/predictions", self.patient_predictions, methods=["GET"]),
-            Route("/api/v1/model", self.model, methods=["GET"]),
-            Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/readyz", self.readyz, methods=["GET"]),
-        ])
+        return Starlette(routes=[Route(path, getattr(self, name), methods=methods) for path, name, methods in ROUTES])
 
     async def _card(self, refresh: bool = False) -> ModelCard:
         if self.card is None or refresh:
@@ -134,8 +141,9 @@ class Ingress:
             positives = [n for n, t in zip(model["labels"], model["thresholds"]) if probabilities[n] >= t]
         self.predictions.inc(tags={"label": top_label, "model_version": model["version"]})
         original = open_image(data, self.settings.max_pixels)
+        notice = DEMO_NOTICE if model["synthetic_demo"] else NOTICE
         images = {"original": data,
-                  "annotated": to_png(annotate(original, f"{top_label} {probabilities[top_label]:.0%}"))}
+                  "annotated": to_png(annotate(original, f"{top_label} {probabilities[top_label]:.0%}", notice))}
         body = {
             "request_id": request_id, "patient_id": patient_id,
             "probabilities": probabilities, "top_label": top_label,
@@ -200,6 +208,9 @@ class Ingress:
 
     async def model(self, request: Request) -> Response:
         return JSONResponse((await self._card(refresh=True)).to_dict())
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(OPENAPI)
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

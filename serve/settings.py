@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", frozen=True)
 
+    checkpoint: str | None = None
     # Unset: an embedded SecantusDB server is started once per Ray cluster on loopback.
     mongodb_uri: str | None = None
     mongodb_database: str = "cxr"

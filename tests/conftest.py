@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,15 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The one real Ray instance for the whole session (2 CPUs, as on CI)."""
@@ -46,9 +56,14 @@ def ray_cluster():
 
     if not ray.is_initialized():
         # address="local": always a fresh cluster, never one a developer left running.
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=METRICS_PORT)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_metrics_url(ray_cluster) -> str:
+    return f"http://127.0.0.1:{METRICS_PORT}/metrics"
 
 
 @pytest.fixture(scope="session")

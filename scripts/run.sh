@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The main job: install (idempotent), build the synthetic demo model when no checkpoint is
+# given, then serve the app at http://127.0.0.1:8000 with the embedded database.
+#   CXR_CHECKPOINT=/path/to/checkpoint   serve your own model instead of the demo one
+#   CXR_MONGODB_URI=mongodb://...        use your MongoDB instead of the embedded SecantusDB
+#   CXR_METRICS_PORT=8080                Ray's Prometheus metrics port (Serve + app metrics)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+if [ -z "${CXR_CHECKPOINT:-}" ] && [ ! -f runs/demo/run/checkpoint/model_card.json ]; then
+    echo "No CXR_CHECKPOINT given: training the synthetic demo model (a few minutes on 2 CPU cores)."
+    .venv/bin/cxr demo
+fi
+.venv/bin/python -m serve.config_check serve_config.yaml
+
+# Our own cluster, so the metrics port is fixed and known; stopped again on exit.
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # a single-user local demo on loopback
+.venv/bin/ray start --head --node-ip-address 127.0.0.1 --metrics-export-port "${CXR_METRICS_PORT:-8080}" \
+    --include-dashboard false --disable-usage-stats >/dev/null
+trap '.venv/bin/ray stop --force >/dev/null 2>&1 || true' EXIT
+echo "Serving at http://127.0.0.1:8000 (metrics: http://127.0.0.1:${CXR_METRICS_PORT:-8080}/metrics). Ctrl-C stops."
+.venv/bin/serve run --address auto serve_config.yaml

@@ -1,0 +1,125 @@
+"""A real SecantusDB server and the real Serve application, deployed from serve_config.yaml."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MongoServer:
+    """secantusd-py as its own process; stop/start simulate an outage on the same port and data."""
+
+    def __init__(self, storage: Path):
+        self.storage = storage
+        self.port = free_port()
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        self.process = None
+
+    def start(self) -> None:
+        command = str(Path(sys.executable).with_name("secantusd-py"))
+        self.process = subprocess.Popen(
+            [command, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.storage),
+             "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                MongoClient(self.uri, serverSelectionTimeoutMS=300).admin.command("ping")
+                return
+            except PyMongoError:
+                time.sleep(0.2)
+        raise RuntimeError("secantusd-py did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory):
+    server = MongoServer(tmp_path_factory.mktemp("secantus") / "db")
+    server.start()
+    yield server
+    server.stop()
+
+
+def deploy_config(checkpoint: Path, port: int, env: dict, user_config: dict | None = None) -> dict:
+    """serve_config.yaml as shipped, pointed at a test checkpoint, port and environment."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["checkpoint"] = str(checkpoint)
+    app["runtime_env"] = {"env_vars": env}
+    for deployment in app["deployments"]:
+        if deployment["name"] == "BatchedClassifier" and user_config:
+            deployment["user_config"] = {**deployment.get("user_config", {}), **user_config}
+    return config
+
+
+def deploy(config: dict) -> None:
+    """What `serve run serve_config.yaml` does: start Serve with the file's options, deploy its apps."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=True)
+
+
+class Service:
+    def __init__(self, base_url: str, checkpoint: Path, env: dict, port: int):
+        self.base_url, self.checkpoint, self.env, self.port = base_url, checkpoint, env, port
+        self.http = httpx.Client(base_url=base_url, timeout=120)
+
+    def predict(self, image: bytes, filename: str = "cxr.png", **fields) -> httpx.Response:
+        data = {"patient_id": "P-0001", **{k: str(v) for k, v in fields.items()}}
+        return self.http.post("/api/v1/predictions", data=data, files={"image": (filename, image, "image/png")})
+
+    def redeploy(self, user_config: dict) -> None:
+        deploy(deploy_config(self.checkpoint, self.port, self.env, user_config))
+
+
+@pytest.fixture(scope="session")
+def service(ray_cluster, mongo_server, tiny_checkpoint):
+    from ray import serve
+
+    port = free_port()
+    env = {"CXR_MONGODB_URI": mongo_server.uri, "CXR_MONGODB_DATABASE": "cxr_test",
+           "CXR_MONGODB_TIMEOUT_MS": "1500"}
+    # A longer batch window than production so concurrent test requests reliably share batches.
+    deploy(deploy_config(tiny_checkpoint, port, env, {"batch_wait_timeout_s": 0.2}))
+    svc = Service(f"http://127.0.0.1:{port}", tiny_checkpoint, env, port)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if svc.http.get("/readyz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    yield svc
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def db(mongo_server):
+    return MongoClient(mongo_server.uri)["cxr_test"]

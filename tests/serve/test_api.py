@@ -1,0 +1,149 @@
+"""The Serve application end to end: real Ray, real SecantusDB, real HTTP."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import png_bytes
+from training.synthetic import render_chest
+
+COVID4 = ["COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia"]
+
+
+def chest_png(seed: int = 0, label: str = "Normal") -> bytes:
+    pixels = (render_chest(label, np.random.default_rng(seed)) * 255).astype(np.uint8)
+    return png_bytes(pixels)
+
+
+def stored_counts(db) -> tuple[int, int]:
+    return db["predictions"].count_documents({}), db["images.files"].count_documents({})
+
+
+def test_round_trip_predict_save_fetch_record_and_images(service, db):
+    image = chest_png(1)
+    response = service.predict(image, patient_id="RT-0001", save="true")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body["probabilities"]) == set(COVID4)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["top_label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["confidence"] == body["probabilities"][body["top_label"]]
+    assert body["saved"] is True and body["prediction_id"]
+    assert body["model"]["weights_sha256"] and body["model"]["preprocessing_version"] == "cxr-pre-1"
+    assert set(body["timings_ms"]) == {"decode", "inference", "total"}
+
+    record = service.http.get(f"/api/v1/predictions/{body['prediction_id']}").json()
+    assert record["patient_id"] == "RT-0001" and record["top_label"] == body["top_label"]
+    assert record["probabilities"] == body["probabilities"]
+    original = service.http.get(record["images"]["original"])
+    assert original.status_code == 200 and original.content == image  # byte-for-byte the upload
+    annotated = service.http.get(record["images"]["annotated"])
+    assert annotated.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(annotated.content)).size == Image.open(io.BytesIO(image)).size
+    assert annotated.content != image
+
+    listing = service.http.get("/api/v1/patients/RT-0001/predictions").json()
+    assert listing["total"] == 1 and listing["items"][0]["prediction_id"] == body["prediction_id"]
+
+
+def test_patient_listing_is_newest_first_and_paginated(service):
+    ids = [service.predict(chest_png(10 + i), patient_id="PG-0001", save="1").json()["prediction_id"]
+           for i in range(3)]
+    page1 = service.http.get("/api/v1/patients/PG-0001/predictions?page=1&page_size=2").json()
+    page2 = service.http.get("/api/v1/patients/PG-0001/predictions?page=2&page_size=2").json()
+    assert page1["total"] == 3
+    assert [i["prediction_id"] for i in page1["items"] + page2["items"]] == ids[::-1]
+
+
+def test_concurrent_requests_are_batched(service):
+    images = [chest_png(100 + i) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda img: service.predict(img), images))
+    assert all(r.status_code == 200 for r in responses)
+    assert max(r.json()["batch_size"] for r in responses) > 1
+
+
+def test_gradcam_on_request(service):
+    body = service.predict(chest_png(3), save="1", explain="gradcam").json()
+    assert body["gradcam_label"] in COVID4
+    cam = service.http.get(f"/api/v1/predictions/{body['prediction_id']}/image?kind=gradcam")
+    assert cam.status_code == 200 and Image.open(io.BytesIO(cam.content)).mode == "RGB"
+
+
+def test_repeated_request_id_saves_once(service, db):
+    request_id = f"req-{uuid.uuid4().hex}"
+    before = stored_counts(db)
+    first = service.predict(chest_png(4), save="1", request_id=request_id).json()
+    second = service.predict(chest_png(4), save="1", request_id=request_id).json()
+    assert first["prediction_id"] == second["prediction_id"]
+    assert stored_counts(db) == (before[0] + 1, before[1] + 2)
+
+
+def test_concurrent_saves_with_one_request_id_store_one_record(service, db):
+    request_id = f"req-{uuid.uuid4().hex}"
+    before = stored_counts(db)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: service.predict(chest_png(5), save="1", request_id=request_id).json(),
+                                range(2)))
+    assert results[0]["prediction_id"] == results[1]["prediction_id"]
+    assert db["predictions"].count_documents({"request_id": request_id}) == 1
+    assert stored_counts(db) == (before[0] + 1, before[1] + 2)
+
+
+def _huge_png_header() -> bytes:
+    """A valid PNG signature and IHDR claiming 100000 x 100000 pixels, no real pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = (100000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+BAD_INPUTS = [
+    ("not an image", {"image": b"just some text"}, 415, "not_an_image"),
+    ("empty file", {"image": b""}, 400, "empty"),
+    ("truncated", {"image": chest_png(6)[:2000]}, 422, "truncated"),
+    ("too many pixels", {"image": _huge_png_header()}, 413, "too_many_pixels"),
+    ("missing patient", {"patient_id": ""}, 400, "missing_patient_id"),
+    ("operator patient id", {"patient_id": '{"$ne": null}'}, 400, "bad_patient_id"),
+    ("script patient id", {"patient_id": "<script>alert(1)</script>"}, 400, "bad_patient_id"),
+    ("bad request id", {"request_id": "x"}, 400, "bad_request_id"),
+]
+
+
+@pytest.mark.parametrize("name, change, status, code", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_its_4xx_and_stores_nothing(service, db, name, change, status, code):
+    before = stored_counts(db)
+    image = change.pop("image", chest_png(7))
+    response = service.predict(image, save="1", **{"patient_id": "P-0001", **change})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert "<script>" not in response.text
+    assert stored_counts(db) == before
+
+
+def test_too_large_upload_is_refused_before_parsing(service, db):
+    before = stored_counts(db)
+    response = service.predict(b"\x89PNG\r\n\x1a\n" + b"\0" * (26 * 1024 * 1024), save="1")
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
+    assert stored_counts(db) == before
+
+
+def test_unknown_ids_and_kinds(service):
+    assert service.http.get("/api/v1/predictions/nope").status_code == 404
+    assert service.http.get("/api/v1/predictions/nope/image?kind=xray").status_code == 400
+    assert service.http.get("/api/v1/patients/$where/predictions").status_code == 400
+
+
+def test_model_card_health_and_readiness(service):
+    card = service.http.get("/api/v1/model").json()
+    assert card["labels"] == COVID4 and card["weights_sha256"]
+    assert service.http.get("/healthz").json() == {"status": "ok"}
+    assert service.http.get("/readyz").json()["checks"] == {"model": True, "database": True}

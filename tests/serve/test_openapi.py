@@ -1,0 +1,52 @@
+"""The OpenAPI document describes every route, and real responses satisfy its schemas."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from tests.serve.test_api import chest_png
+
+
+@pytest.fixture(scope="module")
+def spec(service):
+    document = service.http.get("/api/v1/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    return document
+
+
+def check(spec, schema_name: str, instance) -> None:
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(instance)
+
+
+def test_every_route_is_documented(service, spec):
+    from serve.ingress import ROUTES
+
+    assert {path for path, _, _ in ROUTES} == set(spec["paths"])
+    for path, _, methods in ROUTES:
+        assert {m.lower() for m in methods} == set(spec["paths"][path])
+
+
+def test_real_responses_match_the_schemas(service, spec):
+    created = service.predict(chest_png(400), patient_id="OA-0001", save="1", explain="gradcam")
+    check(spec, "Prediction", created.json())
+    prediction_id = created.json()["prediction_id"]
+    check(spec, "StoredPrediction", service.http.get(f"/api/v1/predictions/{prediction_id}").json())
+    check(spec, "PatientPredictions", service.http.get("/api/v1/patients/OA-0001/predictions").json())
+    check(spec, "ModelCard", service.http.get("/api/v1/model").json())
+    check(spec, "Health", service.http.get("/healthz").json())
+    check(spec, "Ready", service.http.get("/readyz").json())
+    for bad in (service.predict(b"nope"), service.http.get("/api/v1/predictions/missing"),
+                service.http.get("/api/v1/patients/bad%20id/predictions")):
+        assert bad.status_code in (400, 404, 415)
+        check(spec, "Error", bad.json())
+    documented = spec["paths"]["/api/v1/predictions"]["post"]["responses"]
+    assert {"200", "400", "413", "415", "422"} <= set(documented)
+
+
+def test_schemas_reject_wrong_shapes(spec):
+    with pytest.raises(jsonschema.ValidationError):
+        check(spec, "Error", {"error": {"message": "no code"}})
+    with pytest.raises(jsonschema.ValidationError):
+        check(spec, "Prediction", {"saved": "yes"})

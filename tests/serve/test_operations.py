@@ -1,0 +1,95 @@
+"""Operating the service: metrics, a database outage, rolling a new model in."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import httpx
+import torch
+
+from cxr_model.checkpoint import load_network, save_checkpoint
+from tests.serve.test_api import chest_png
+
+
+def test_prometheus_endpoint_exports_serve_and_app_metrics(service, ray_metrics_url):
+    for i in range(3):
+        assert service.predict(chest_png(200 + i), save="1").status_code == 200
+    service.predict(b"not an image")
+    wanted = ["ray_cxr_predictions_total", "ray_cxr_rejected_inputs_total", "ray_cxr_stage_seconds_bucket",
+              "ray_cxr_batch_size_bucket", "ray_cxr_inference_seconds_bucket", "ray_cxr_model_info",
+              "ray_serve_num_http_requests"]
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(ray_metrics_url, timeout=10).text
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, missing
+    assert 'reason="not_an_image"' in text
+    assert 'stage="storage"' in text and 'stage="decode"' in text
+
+
+def test_database_outage_returns_the_prediction_marked_not_saved(service, mongo_server, db):
+    request_id = f"outage-{uuid.uuid4().hex}"
+    mongo_server.stop()
+    try:
+        response = service.predict(chest_png(30), save="1", request_id=request_id)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["saved"] is False and body["prediction_id"] is None
+        assert "database unavailable" in body["save_error"]
+        assert body["top_label"] in body["probabilities"]
+        ready = service.http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
+    finally:
+        mongo_server.start()
+    # Nothing half-written: no record and no files for that request.
+    assert db["predictions"].count_documents({"request_id": request_id}) == 0
+    assert db["images.files"].count_documents({"metadata.request_id": request_id}) == 0
+    # After recovery the same request saves, exactly once.
+    retry = service.predict(chest_png(30), save="1", request_id=request_id).json()
+    assert retry["saved"] is True
+    assert db["predictions"].count_documents({"request_id": request_id}) == 1
+    assert db["images.files"].count_documents({"metadata.request_id": request_id}) == 2
+
+
+def test_model_roll_via_user_config_drops_no_requests(service, tmp_path):
+    model, card = load_network(service.checkpoint)
+    with torch.no_grad():
+        model.head.bias.add_(0.5)
+    card.version = "0.0.2-rolled"
+    card.created_at = ""
+    rolled = tmp_path / "rolled"
+    save_checkpoint(model, card, rolled)
+
+    results, stop = [], threading.Event()
+
+    def traffic():
+        # Bounded: at most 60 requests per client, ended by `stop` well before that.
+        for i in range(60):
+            if stop.is_set():
+                return
+            response = service.predict(chest_png(300 + i))
+            results.append((response.status_code, response.json().get("model", {}).get("version")))
+
+    clients = [threading.Thread(target=traffic) for _ in range(2)]
+    for client in clients:
+        client.start()
+    time.sleep(1.0)
+    try:
+        service.redeploy({"checkpoint": str(rolled), "batch_wait_timeout_s": 0.2})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(v == "0.0.2-rolled" for _, v in results):
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    assert results and all(status == 200 for status, _ in results), results
+    versions = [v for _, v in results]
+    assert versions[0] == "0.0.1" and versions[-1] == "0.0.2-rolled"
+    assert service.http.get("/api/v1/model").json()["version"] == "0.0.2-rolled"
+    service.redeploy({"checkpoint": str(service.checkpoint), "batch_wait_timeout_s": 0.2})

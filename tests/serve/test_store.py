@@ -1,0 +1,67 @@
+"""ResultRepository against the real SecantusDB server (no Ray needed)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from serve.store import ResultRepository, now
+
+MODEL = {"name": "m", "version": "1", "weights_sha256": "ab" * 32, "preprocessing_version": "cxr-pre-1"}
+
+
+def record(**overrides) -> dict:
+    base = {"request_id": f"req-{uuid.uuid4().hex}", "patient_id": "ST-0001", "created_at": now(),
+            "probabilities": {"Normal": 0.8, "COVID-19": 0.2}, "top_label": "Normal", "confidence": 0.8,
+            "positives": ["Normal"], "model": MODEL}
+    return {**base, **overrides}
+
+
+@pytest.fixture
+def repo(mongo_server):
+    return ResultRepository(mongo_server.uri, f"store_{uuid.uuid4().hex[:8]}", timeout_ms=1500)
+
+
+def test_save_then_read_back(repo):
+    result = repo.save(record(), {"original": b"o", "annotated": b"a"})
+    assert result == {"saved": True, "prediction_id": result["prediction_id"], "duplicate": False}
+    assert repo.image(result["prediction_id"], "original") == b"o"
+    assert repo.image(result["prediction_id"], "gradcam") is None
+    assert repo.get(result["prediction_id"])["top_label"] == "Normal"
+
+
+def test_schema_validator_refuses_a_bad_record_and_leaves_no_files(repo):
+    result = repo.save(record(confidence=1.7), {"original": b"o", "annotated": b"a"})
+    assert result["saved"] is False and "schema" in result["reason"]
+    assert repo.db["predictions"].count_documents({}) == 0
+    assert repo.db["images.files"].count_documents({}) == 0
+
+
+def test_racing_saves_of_one_request_keep_one_record_and_one_file_set(repo):
+    shared = record()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(repo.save(dict(shared), {"original": b"o", "annotated": b"a"})))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({r["prediction_id"] for r in results}) == 1
+    assert repo.db["predictions"].count_documents({}) == 1
+    assert repo.db["images.files"].count_documents({}) == 2
+
+
+def test_unreachable_database_is_reported_not_claimed():
+    repo = ResultRepository("mongodb://127.0.0.1:9/?directConnection=true", "nowhere", timeout_ms=300)
+    result = repo.save(record(), {"original": b"o", "annotated": b"a"})
+    assert result["saved"] is False and "database unavailable" in result["reason"]
+    assert repo.ping() is False
+
+
+def test_patient_query_values_are_literals(repo):
+    repo.save(record(patient_id="ST-0002"), {"original": b"o", "annotated": b"a"})
+    rows, total = repo.by_patient("ST-0002")
+    assert total == 1 and rows[0]["patient_id"] == "ST-0002"
+    assert repo.by_patient("$ne")[1] == 0
