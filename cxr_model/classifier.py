@@ -28,6 +28,14 @@ def probabilities_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.softmax(logits, dim=1) if task == MULTICLASS else torch.sigmoid(logits)
 
 
+def positive_labels(probabilities: np.ndarray, card: ModelCard) -> list[list[str]]:
+    """Labels called positive per row: the argmax for multiclass, per-label thresholds for multilabel."""
+    if card.task == MULTICLASS:
+        return [[card.labels[int(np.argmax(row))]] for row in probabilities]
+    thresholds = np.asarray(card.thresholds, dtype=np.float32)
+    return [[name for name, hit in zip(card.labels, row >= thresholds) if hit] for row in probabilities]
+
+
 class Classifier:
     """A loaded model ready for batched inference.
 
@@ -74,8 +82,4 @@ class Classifier:
         return probabilities_from_logits(self.predict_logits(tensors), self.task).numpy()
 
     def positives(self, probabilities: np.ndarray) -> list[list[str]]:
-        """Labels called positive per row: the argmax for multiclass, thresholds for multilabel."""
-        if self.task == MULTICLASS:
-            return [[self.labels[int(np.argmax(row))]] for row in probabilities]
-        thresholds = np.asarray(self.card.thresholds, dtype=np.float32)
-        return [[name for name, hit in zip(self.labels, row >= thresholds) if hit] for row in probabilities]
+        return positive_labels(probabilities, self.card)

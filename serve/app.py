@@ -24,6 +24,7 @@ class AppArgs(BaseModel):
     # ``CXR_CHECKPOINT`` in the environment wins, so one config serves every installation.
     checkpoint: str = ""
     device: str = "auto"
+    runtime: str = "auto"  # auto | torch | onnx; auto = ONNX Runtime on CPU when a verified export exists
 
 
 def resolve_checkpoint(value: str) -> str:
@@ -38,6 +39,6 @@ def resolve_checkpoint(value: str) -> str:
 def build_app(args: AppArgs) -> Application:
     settings = ServeSettings()
     checkpoint = resolve_checkpoint(settings.checkpoint or args.checkpoint)
-    classifier = BatchedClassifier.bind(checkpoint, args.device)
+    classifier = BatchedClassifier.bind(checkpoint, args.device, args.runtime)
     store = ResultStore.bind(settings.model_dump())
     return Ingress.bind(classifier, store, settings.model_dump())

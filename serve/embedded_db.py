@@ -9,7 +9,9 @@ app) sees the same persistent data directory.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +33,22 @@ def _server_command() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the actor process dies, so no orphan holds the port."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _answers(uri: str) -> bool:
+    try:
+        MongoClient(uri, serverSelectionTimeoutMS=500).admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class EmbeddedMongo:
     def __init__(self, data_dir: str, port: int):
@@ -44,21 +62,21 @@ class EmbeddedMongo:
     def start(self) -> str:
         if self.process is not None and self.process.poll() is None:
             return self.uri_
+        if _answers(self.uri_):
+            return self.uri_  # a server this actor's previous life started is still up
         log = open(self.data_dir / "secantusd.log", "ab")
         self.process = subprocess.Popen(
             [_server_command(), "--host", "127.0.0.1", "--port", str(self.port),
              "--storage-path", str(self.data_dir / "db"), "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"secantusd-py exited with {self.process.returncode}; see {log.name}")
-            try:
-                MongoClient(self.uri_, serverSelectionTimeoutMS=500).admin.command("ping")
+            if _answers(self.uri_):
                 return self.uri_
-            except PyMongoError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         raise RuntimeError("secantusd-py did not answer within 60 s")
 
     def stop(self) -> None:

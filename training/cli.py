@@ -139,6 +139,10 @@ def _demo(args) -> int:
         print(f"generated {sum(counts.values())} synthetic images in {data}")
     config = load_config(args.config)
     config.data_dir, config.output_dir = str(data), str(out / "run")
-    run_training(config.validate())
+    final = run_training(config.validate())
+    from cxr_model.onnx_runtime import export_onnx
+
+    record = export_onnx(final)  # CPU serving runs the verified ONNX export
+    print(f"ONNX export verified (max probability difference {record['max_abs_probability_diff']:.1e})")
     return 0
 

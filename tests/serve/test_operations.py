@@ -7,9 +7,13 @@ import time
 import uuid
 
 import httpx
+import pytest
 import torch
 
 from cxr_model.checkpoint import load_network, save_checkpoint
+from cxr_model.network import build_model
+from cxr_model.onnx_runtime import export_onnx
+from tests.conftest import make_card
 from tests.serve.test_api import chest_png
 
 
@@ -64,6 +68,7 @@ def test_model_roll_via_user_config_drops_no_requests(service, tmp_path):
     card.created_at = ""
     rolled = tmp_path / "rolled"
     save_checkpoint(model, card, rolled)
+    export_onnx(rolled)  # with a verified export, runtime "auto" serves it with ONNX Runtime on CPU
 
     results, stop = [], threading.Event()
 
@@ -92,4 +97,37 @@ def test_model_roll_via_user_config_drops_no_requests(service, tmp_path):
     versions = [v for _, v in results]
     assert versions[0] == "0.0.1" and versions[-1] == "0.0.2-rolled"
     assert service.http.get("/api/v1/model").json()["version"] == "0.0.2-rolled"
+    after = service.predict(chest_png(999)).json()["model"]
+    assert after["version"] == "0.0.2-rolled" and after["runtime"] == "onnx"
     service.redeploy({"checkpoint": str(service.checkpoint), "batch_wait_timeout_s": 0.2})
+
+
+def _wait_for_version(service, version: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = service.predict(chest_png(7)).json()
+        if body["model"]["version"] == version:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"version {version} never served")
+
+
+def test_multilabel_checkpoint_serves_per_label_probabilities(service, tmp_path):
+    model = build_model("densenet121", 3, "none")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([2.0, -2.0, 0.0]))  # sigmoid: 0.881, 0.119, 0.5
+    card = make_card(labels=("Effusion", "Mass", "Nodule"), task="multilabel", thresholds=[0.5, 0.1, 0.6])
+    card.version = "ml-1"
+    save_checkpoint(model, card, tmp_path / "ml")
+    try:
+        service.redeploy({"checkpoint": str(tmp_path / "ml"), "batch_wait_timeout_s": 0.2})
+        body = _wait_for_version(service, "ml-1")
+        assert body["model"]["task"] == "multilabel"
+        probs = body["probabilities"]
+        assert probs["Effusion"] == pytest.approx(0.8808, abs=1e-3) and probs["Nodule"] == pytest.approx(0.5, abs=1e-3)
+        assert sum(probs.values()) != pytest.approx(1.0, abs=1e-2)
+        assert body["positives"] == ["Effusion", "Mass"]  # 0.88 >= 0.5, 0.12 >= 0.1, 0.5 < 0.6
+    finally:
+        service.redeploy({"checkpoint": str(service.checkpoint), "batch_wait_timeout_s": 0.2})
+        _wait_for_version(service, "0.0.1")

@@ -1,0 +1,91 @@
+"""ONNX export of a checkpoint and an ONNX Runtime classifier with the same interface.
+
+``export_onnx`` writes ``model.onnx`` beside ``weights.pt`` and ``onnx.json``
+recording which weights it was made from and how closely it matched torch on
+random inputs; ``OnnxClassifier`` only loads an export whose record names the
+checkpoint's current weights, so a stale export can never serve a new model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr_model.checkpoint import ModelCard, load_network, sha256_file
+from cxr_model.classifier import positive_labels, probabilities_from_logits
+
+ONNX_FILE = "model.onnx"
+ONNX_RECORD = "onnx.json"
+TOLERANCE = 1e-4  # max |probability difference| between torch and ONNX Runtime
+
+
+def export_onnx(checkpoint: str | Path, tolerance: float = TOLERANCE) -> dict:
+    """Export, then check ONNX Runtime against torch on batches of 1 and 3; returns the record."""
+    import onnxruntime as ort
+
+    directory = Path(checkpoint)
+    model, card = load_network(directory)
+    size = card.preprocess_spec.input_size
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    path = directory / ONNX_FILE
+    torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for n in (1, 3):
+        x = torch.randn(n, 3, size, size, generator=generator)
+        with torch.inference_mode():
+            expected = probabilities_from_logits(model(x), card.task).numpy()
+        got = probabilities_from_logits(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), card.task)
+        worst = max(worst, float(np.abs(got.numpy() - expected).max()))
+    if worst > tolerance:
+        path.unlink()
+        raise RuntimeError(f"ONNX output differs from torch by {worst:.2e} (> {tolerance:.0e}); export removed")
+    record = {"weights_sha256": card.weights_sha256, "onnx_sha256": sha256_file(path),
+              "max_abs_probability_diff": worst, "tolerance": tolerance}
+    (directory / ONNX_RECORD).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def onnx_export_matches(checkpoint: str | Path, card: ModelCard) -> bool:
+    directory = Path(checkpoint)
+    record_path = directory / ONNX_RECORD
+    if not (directory / ONNX_FILE).is_file() or not record_path.is_file():
+        return False
+    record = json.loads(record_path.read_text())
+    return (record.get("weights_sha256") == card.weights_sha256
+            and record.get("onnx_sha256") == sha256_file(directory / ONNX_FILE))
+
+
+class OnnxClassifier:
+    """CPU inference through ONNX Runtime; same ``predict_batch`` contract as ``Classifier``."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, checkpoint: str | Path, card: ModelCard, threads: int = 1):
+        import onnxruntime as ort
+
+        if not onnx_export_matches(checkpoint, card):
+            raise RuntimeError(f"no verified ONNX export for these weights in {checkpoint}; run `cxr export`")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(Path(checkpoint) / ONNX_FILE), options,
+                                            providers=["CPUExecutionProvider"])
+        self.card = card
+        self.labels = list(card.labels)
+        self.task = card.task
+
+    def predict_batch(self, tensors) -> np.ndarray:
+        batch = torch.stack(list(tensors)) if not isinstance(tensors, torch.Tensor) else tensors
+        if batch.dim() == 3:
+            batch = batch.unsqueeze(0)
+        logits = self.session.run(None, {"input": batch.float().contiguous().numpy()})[0]
+        return probabilities_from_logits(torch.from_numpy(logits), self.task).numpy()
+
+    def positives(self, probabilities: np.ndarray) -> list[list[str]]:
+        return positive_labels(probabilities, self.card)

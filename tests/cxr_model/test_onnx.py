@@ -1,0 +1,38 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_model.checkpoint import load_checkpoint, load_network, save_checkpoint
+from cxr_model.cli import main as cxr
+from cxr_model.onnx_runtime import OnnxClassifier, onnx_export_matches
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("onnx") / "ckpt"
+    shutil.copytree(tiny_checkpoint, directory)
+    assert cxr(["export", str(directory)]) == 0
+    return directory
+
+
+def test_onnx_runtime_matches_torch(exported):
+    torch_classifier = load_checkpoint(exported, device="cpu")
+    onnx_classifier = OnnxClassifier(exported, torch_classifier.card, threads=1)
+    x = torch.randn(4, 3, 64, 64)
+    np.testing.assert_allclose(onnx_classifier.predict_batch(x), torch_classifier.predict_batch(x), atol=1e-4)
+    assert onnx_classifier.positives(onnx_classifier.predict_batch(x[:1])) == torch_classifier.positives(
+        torch_classifier.predict_batch(x[:1]))
+
+
+def test_a_stale_export_is_never_used(exported, tmp_path):
+    directory = tmp_path / "retrained"
+    shutil.copytree(exported, directory)
+    model, card = load_network(directory)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    save_checkpoint(model, card, directory)  # new weights, old model.onnx
+    assert not onnx_export_matches(directory, card)
+    with pytest.raises(RuntimeError, match="cxr export"):
+        OnnxClassifier(directory, card)
