@@ -14,10 +14,11 @@ if [ -z "${CXR_CHECKPOINT:-}" ] && [ ! -f runs/demo/run/checkpoint/model_card.js
 fi
 .venv/bin/python -m serve.config_check serve_config.yaml
 
-# Our own cluster, so the metrics port is fixed and known; stopped again on exit.
+# Our own cluster, so the metrics port is fixed and known; the dashboard (loopback only) is what
+# `serve deploy serve_config.yaml` talks to. Stopped again on exit.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # a single-user local demo on loopback
 .venv/bin/ray start --head --node-ip-address 127.0.0.1 --metrics-export-port "${CXR_METRICS_PORT:-8080}" \
-    --include-dashboard false --disable-usage-stats >/dev/null
+    --include-dashboard true --dashboard-host 127.0.0.1 --disable-usage-stats >/dev/null
 trap '.venv/bin/ray stop --force >/dev/null 2>&1 || true' EXIT
 echo "Serving at http://127.0.0.1:8000 (metrics: http://127.0.0.1:${CXR_METRICS_PORT:-8080}/metrics). Ctrl-C stops."
 .venv/bin/serve run --address auto serve_config.yaml

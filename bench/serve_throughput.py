@@ -1,0 +1,260 @@
+"""Serving throughput, side by side in one run, on one checkpoint (DenseNet-161 at 224 by default).
+
+    .venv/bin/python bench/serve_throughput.py [--seconds 15]
+
+1. Model-only ceiling: the best of torch (channels_last) and ONNX Runtime, all
+   CPU threads, batched, preprocessed tensors: what no server can beat.
+2. Served: the real Serve app deployed from serve_config.yaml (loopback HTTP,
+   multipart PNG uploads) at 1/8/32 concurrent clients, storage off, then
+   storage on at the top concurrency.
+3. Seed-style baseline: one image per request, decode per image, ONNX Runtime,
+   no batching, in a plain Starlette/uvicorn server.
+
+Prints img/s, p50/p99 latency and the ratios served/ceiling and served/baseline.
+Every request goes to 127.0.0.1 only and every load phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="densenet161")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured time per load phase")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.05)
+    return parser
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_checkpoint(backbone: str, size: int, directory: Path) -> Path:
+    from cxr_model.checkpoint import ModelCard, save_checkpoint
+    from cxr_model.labels import COVID4
+    from cxr_model.network import build_model
+    from cxr_model.onnx_runtime import export_onnx
+    from cxr_model.preprocessing import PreprocessSpec
+
+    torch.manual_seed(0)
+    card = ModelCard(name=f"bench-{backbone}", version="bench", backbone=backbone, task="multiclass",
+                     labels=list(COVID4), preprocessing=PreprocessSpec(input_size=size).to_dict())
+    save_checkpoint(build_model(backbone, 4, "none"), card, directory)
+    export_onnx(directory)
+    return directory
+
+
+def sample_pngs(count: int = 16) -> list[bytes]:
+    from PIL import Image
+
+    from training.synthetic import render_chest
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(count):
+        pixels = (render_chest(["COVID-19", "Normal", "Lung Opacity", "Viral Pneumonia"][i % 4], rng) * 255)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def model_ceiling(checkpoint: Path, seconds: float) -> tuple[float, str]:
+    from cxr_model.checkpoint import load_checkpoint, read_card
+    from cxr_model.onnx_runtime import OnnxClassifier
+
+    card = read_card(checkpoint)
+    size = card.preprocess_spec.input_size
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    candidates = {
+        "torch channels_last": load_checkpoint(checkpoint, device="cpu", channels_last=True),
+        "onnxruntime": OnnxClassifier(checkpoint, card, threads=threads),
+    }
+    best = (0.0, "")
+    for name, engine in candidates.items():
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, size, size)
+            engine.predict_batch(x)
+            started, images = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds / 2:
+                engine.predict_batch(x)
+                images += batch
+            rate = images / (time.perf_counter() - started)
+            print(f"  ceiling candidate {name:20s} batch {batch:2d}: {rate:6.2f} img/s")
+            best = max(best, (rate, f"{name}, batch {batch}, {threads} threads"))
+    return best
+
+
+async def _load(url: str, images: list[bytes], concurrency: int, seconds: float, fields: dict) -> dict:
+    import httpx
+
+    latencies, errors = [], 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(worker: int):
+        nonlocal errors
+        async with httpx.AsyncClient(timeout=120) as http:
+            i = worker
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await http.post(url, data=fields,
+                                           files={"image": ("cxr.png", images[i % len(images)], "image/png")})
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+                i += concurrency
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies) or [float("nan")]
+    return {"rate": len(latencies) / elapsed, "p50": statistics.median(ordered) * 1000,
+            "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, "errors": errors}
+
+
+def load(url, images, concurrency, seconds, fields=None) -> dict:
+    asyncio.run(_load(url, images, concurrency, min(3.0, seconds / 3), fields or {}))  # warm-up
+    return asyncio.run(_load(url, images, concurrency, seconds, fields or {}))
+
+
+def start_baseline(checkpoint: Path, port: int):
+    """The seed-style server: decode per request with numpy, ONNX Runtime one image at a time."""
+    import onnxruntime as ort
+    import uvicorn
+    from PIL import Image
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from cxr_model.checkpoint import read_card
+
+    card = read_card(checkpoint)
+    size = card.preprocess_spec.input_size
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(checkpoint / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    mean = np.array(card.preprocessing["mean"], np.float32)[:, None, None]
+    std = np.array(card.preprocessing["std"], np.float32)[:, None, None]
+
+    async def predict(request):
+        form = await request.form()
+        data = await form["image"].read()
+        image = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
+        x = ((np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0 - mean) / std)[None]
+        logits = session.run(None, {"input": x.astype(np.float32)})[0][0]
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        return JSONResponse({"probabilities": dict(zip(card.labels, probs.tolist()))})
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.1)
+    return server
+
+
+def deploy_served(checkpoint: Path, port: int, args, mongodb_uri: str | None) -> None:
+    import yaml
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["checkpoint"] = str(checkpoint)
+    env = {"CXR_MONGODB_URI": mongodb_uri} if mongodb_uri else {}
+    app["runtime_env"] = {"env_vars": {"CXR_MONGODB_DATABASE": "bench", **env}}
+    for deployment in app["deployments"]:
+        if deployment["name"] == "BatchedClassifier":
+            # One replica using both cores: on a 2-core box a second replica only competes for them.
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = 1
+            deployment["ray_actor_options"]["num_cpus"] = os.cpu_count() or 1
+            deployment["user_config"] = {"max_batch_size": args.max_batch_size,
+                                         "batch_wait_timeout_s": args.batch_wait_timeout_s}
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=True)
+
+
+def main(args) -> None:
+    import ray
+    from ray import serve
+
+    from tests.serve.conftest import MongoServer
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    images = sample_pngs()
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = make_checkpoint(args.backbone, args.image_size, Path(tmp) / "ckpt")
+        print(f"{args.backbone} at {args.image_size}px, {os.cpu_count()} CPUs, torch {torch.__version__}")
+        print("\n[1] model-only ceiling")
+        ceiling, how = model_ceiling(checkpoint, args.seconds)
+        print(f"  ceiling: {ceiling:.2f} img/s ({how})")
+
+        print("\n[2] seed-style baseline (decode per request, ONNX Runtime, no batching)")
+        baseline_port = free_port()
+        server = start_baseline(checkpoint, baseline_port)
+        baseline = {c: load(f"http://127.0.0.1:{baseline_port}/predict", images, c, args.seconds) for c in levels}
+        server.should_exit = True
+        for c, r in baseline.items():
+            print(f"  {c:3d} clients: {r['rate']:6.2f} img/s  p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  errors {r['errors']}")
+
+        print("\n[3] served (Ray Serve app from serve_config.yaml)")
+        mongo = MongoServer(Path(tmp) / "db")
+        mongo.start()
+        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
+        port = free_port()
+        deploy_served(checkpoint, port, args, mongo.uri)
+        url = f"http://127.0.0.1:{port}/api/v1/predictions"
+        fields = {"patient_id": "BENCH-0001"}
+        served = {c: load(url, images, c, args.seconds, fields) for c in levels}
+        top = max(levels)
+        stored = load(url, images, top, args.seconds, {**fields, "save": "1"})
+        for c, r in served.items():
+            print(f"  {c:3d} clients: {r['rate']:6.2f} img/s  p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  errors {r['errors']}")
+        print(f"  {top:3d} clients, storage on: {stored['rate']:6.2f} img/s  p50 {stored['p50']:7.0f} ms  "
+              f"p99 {stored['p99']:7.0f} ms  errors {stored['errors']}")
+        serve.shutdown()
+        ray.shutdown()
+        mongo.stop()
+
+    best_served = max(r["rate"] for r in served.values())
+    best_baseline = max(r["rate"] for r in baseline.values())
+    print("\nsummary (saturation = best over client counts)")
+    print(f"  ceiling                 {ceiling:6.2f} img/s")
+    print(f"  served, storage off     {best_served:6.2f} img/s   served/ceiling  {best_served / ceiling:5.2f}")
+    print(f"  served, storage on      {stored['rate']:6.2f} img/s   (at {top} clients)")
+    print(f"  seed-style baseline     {best_baseline:6.2f} img/s   served/baseline {best_served / best_baseline:5.2f}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    main(get_args_parser().parse_args())
