@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import multiprocessing
 import os
 import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,8 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured time per load phase")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.05)
+    parser.add_argument("--max-batch-size", type=int, help="override serve_config.yaml's user_config")
+    parser.add_argument("--batch-wait-timeout-s", type=float, help="override serve_config.yaml's user_config")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for the Ray cluster, e.g. RAY_SERVE_ENABLE_DIRECT_INGRESS=1")
     return parser
 
 
@@ -142,8 +144,11 @@ def load(url, images, concurrency, seconds, fields=None) -> dict:
     return asyncio.run(_load(url, images, concurrency, seconds, fields or {}))
 
 
-def start_baseline(checkpoint: Path, port: int):
-    """The seed-style server: decode per request with numpy, ONNX Runtime one image at a time."""
+def run_baseline_server(checkpoint: Path, port: int) -> None:
+    """The seed-style server: decode per request with numpy, ONNX Runtime one image at a time.
+
+    Runs in its own process, like a real server, so it never shares a GIL with the load client.
+    """
     import onnxruntime as ort
     import uvicorn
     from PIL import Image
@@ -171,12 +176,19 @@ def start_baseline(checkpoint: Path, port: int):
         return JSONResponse({"probabilities": dict(zip(card.labels, probs.tolist()))})
 
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.1)
-    return server
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def start_baseline(checkpoint: Path, port: int) -> multiprocessing.Process:
+    process = multiprocessing.get_context("spawn").Process(target=run_baseline_server, args=(checkpoint, port))
+    process.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.2)
+    raise RuntimeError("baseline server did not start")
 
 
 def deploy_served(checkpoint: Path, port: int, args, mongodb_uri: str | None) -> None:
@@ -196,8 +208,10 @@ def deploy_served(checkpoint: Path, port: int, args, mongodb_uri: str | None) ->
             deployment.pop("autoscaling_config", None)
             deployment["num_replicas"] = 1
             deployment["ray_actor_options"]["num_cpus"] = os.cpu_count() or 1
-            deployment["user_config"] = {"max_batch_size": args.max_batch_size,
-                                         "batch_wait_timeout_s": args.batch_wait_timeout_s}
+            if args.max_batch_size:
+                deployment["user_config"]["max_batch_size"] = args.max_batch_size
+            if args.batch_wait_timeout_s is not None:
+                deployment["user_config"]["batch_wait_timeout_s"] = args.batch_wait_timeout_s
     schema = ServeDeploySchema.model_validate(config)
     client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
     client.deploy_apps(schema, _blocking=True)
@@ -222,13 +236,18 @@ def main(args) -> None:
         baseline_port = free_port()
         server = start_baseline(checkpoint, baseline_port)
         baseline = {c: load(f"http://127.0.0.1:{baseline_port}/predict", images, c, args.seconds) for c in levels}
-        server.should_exit = True
+        server.terminate()
+        server.join()
         for c, r in baseline.items():
             print(f"  {c:3d} clients: {r['rate']:6.2f} img/s  p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  errors {r['errors']}")
 
         print("\n[3] served (Ray Serve app from serve_config.yaml)")
         mongo = MongoServer(Path(tmp) / "db")
         mongo.start()
+        for item in args.serve_env:
+            key, _, value = item.partition("=")
+            os.environ[key] = value
+            print(f"  with {key}={value}")
         ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False)
         port = free_port()

@@ -10,12 +10,14 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cxr_model.preprocessing import display_image
+
 NOTICE = "Decision support only - not for diagnostic use"
 DEMO_NOTICE = "SYNTHETIC DEMO MODEL - not for clinical use"
 
 
 def annotate(image: Image.Image, headline: str, detail: str = NOTICE) -> Image.Image:
-    canvas = image.convert("RGB")
+    canvas = display_image(image).convert("RGB")
     width, height = canvas.size
     size = max(12, round(min(width, height) * 0.045))
     big = ImageFont.load_default(size=size)
@@ -31,5 +33,6 @@ def annotate(image: Image.Image, headline: str, detail: str = NOTICE) -> Image.I
 
 def to_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    # Level 3: a little larger than the default 6, several times faster to encode.
+    image.save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()

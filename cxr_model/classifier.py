@@ -44,7 +44,7 @@ class Classifier:
     """
 
     def __init__(self, model: CXRNet, card: ModelCard, device: str = "auto",
-                 channels_last: bool | None = None, bf16: bool | None = None):
+                 channels_last: bool | None = None, bf16: bool | None = None, compile: bool = False):
         self.device = resolve_device(device)
         self.card = card
         self.labels = list(card.labels)
@@ -57,6 +57,8 @@ class Classifier:
             self.model = self.model.to(memory_format=torch.channels_last)
         for param in self.model.parameters():
             param.requires_grad_(False)
+        # Optional: worth it on GPU for long-lived replicas; the first batch pays the compile time.
+        self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
 
     def _autocast(self):
         if self.bf16:
@@ -75,7 +77,7 @@ class Classifier:
     @torch.inference_mode()
     def predict_logits(self, tensors) -> torch.Tensor:
         with self._autocast():
-            return self.model(self._as_batch(tensors)).float().cpu()
+            return self.forward(self._as_batch(tensors)).float().cpu()
 
     def predict_batch(self, tensors) -> np.ndarray:
         """[N, 3, S, S] preprocessed inputs (or a list of [3, S, S]) -> [N, labels] probabilities."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cxr_model.network import CXRNet
+from cxr_model.preprocessing import display_image
 
 
 def gradcam(model: CXRNet, inputs: torch.Tensor, target: int | None = None,
@@ -73,7 +74,7 @@ def _jet(values: np.ndarray) -> np.ndarray:
 
 def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
     """Blend a [0, 1] heatmap, coloured, over the image at the image's own size."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    base = np.asarray(display_image(image).convert("RGB"), dtype=np.float32) / 255.0
     heat = Image.fromarray((heatmap * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
     colour = _jet(np.asarray(heat, dtype=np.float32) / 255.0)
     weight = alpha * (np.asarray(heat, dtype=np.float32) / 255.0)[..., None]

@@ -74,6 +74,8 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
+        # ORT's pool spin-waits by default, burning the cores the HTTP proxy and ingress share.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(Path(checkpoint) / ONNX_FILE), options,
                                             providers=["CPUExecutionProvider"])
         self.card = card

@@ -91,6 +91,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         image.load()
     except Exception as exc:
         raise ImageDecodeError("truncated", f"the image data is truncated or corrupt: {exc}") from exc
+    if image.format == "JPEG":
+        image = ImageOps.exif_transpose(image)  # phones and some scanners store rotation in EXIF
     return image
 
 
@@ -113,12 +115,21 @@ def _to_unit_gray(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32) / 255.0
 
 
+def image_to_grayscale(image: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
+    """A decoded image (from ``open_image``) -> float tensor [1, S, S] in [0, 1]."""
+    return torch.from_numpy(_to_unit_gray(image, spec.input_size)).unsqueeze(0)
+
+
 def decode_grayscale(data: bytes, spec: PreprocessSpec) -> torch.Tensor:
     """Encoded bytes -> float tensor [1, S, S] in [0, 1]."""
-    image = open_image(data, spec.max_pixels)
-    if image.format == "JPEG":
-        image = ImageOps.exif_transpose(image)
-    return torch.from_numpy(_to_unit_gray(image, spec.input_size)).unsqueeze(0)
+    return image_to_grayscale(open_image(data, spec.max_pixels), spec)
+
+
+def display_image(image: Image.Image) -> Image.Image:
+    """8-bit L or RGB for drawing on; 16-bit radiographs are scaled, not clipped."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).round().clip(0, 255).astype(np.uint8))
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
 
 
 def normalize(gray: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

@@ -25,6 +25,7 @@ class AppArgs(BaseModel):
     checkpoint: str = ""
     device: str = "auto"
     runtime: str = "auto"  # auto | torch | onnx; auto = ONNX Runtime on CPU when a verified export exists
+    compile: bool = False  # torch.compile the torch runtime (GPU deployments)
 
 
 def resolve_checkpoint(value: str) -> str:
@@ -39,6 +40,6 @@ def resolve_checkpoint(value: str) -> str:
 def build_app(args: AppArgs) -> Application:
     settings = ServeSettings()
     checkpoint = resolve_checkpoint(settings.checkpoint or args.checkpoint)
-    classifier = BatchedClassifier.bind(checkpoint, args.device, args.runtime)
+    classifier = BatchedClassifier.bind(checkpoint, args.device, args.runtime, args.compile)
     store = ResultStore.bind(settings.model_dump())
     return Ingress.bind(classifier, store, settings.model_dump())

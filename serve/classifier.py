@@ -42,10 +42,10 @@ def model_info(card, runtime: str) -> dict:
 
 @serve.deployment(name="BatchedClassifier")
 class BatchedClassifier:
-    def __init__(self, checkpoint: str, device: str = "auto", runtime: str = "auto"):
+    def __init__(self, checkpoint: str, device: str = "auto", runtime: str = "auto", compile: bool = False):
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
-        self.device, self.runtime = device, runtime
+        self.device, self.runtime, self.compile = device, runtime, compile
         # Ray pins OMP threads to the replica's CPUs; torch and ONNX Runtime must agree or they oversubscribe.
         self.threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(self.threads)
@@ -68,7 +68,8 @@ class BatchedClassifier:
         if runtime == "auto":
             # Measured on CPU: ONNX Runtime beats eager torch; on GPU torch (bf16, channels_last) wins.
             runtime = "onnx" if device.type == "cpu" and onnx_export_matches(checkpoint, card) else "torch"
-        torch_classifier = Classifier(model, card, device=str(device), channels_last=True)
+        torch_classifier = Classifier(model, card, device=str(device), channels_last=True,
+                                      compile=self.compile and runtime == "torch")
         engine = OnnxClassifier(checkpoint, card, self.threads) if runtime == "onnx" else torch_classifier
         # One assignment: a batch sees the old model or the new one, never half of each.
         self.classifier, self.explainer, self.runtime_used = engine, torch_classifier, runtime
@@ -94,12 +95,13 @@ class BatchedClassifier:
     def model_card(self) -> dict:
         return self.classifier.card.to_dict()
 
-    def _forward(self, classifier, grays: list[torch.Tensor]) -> np.ndarray:
+    def _forward(self, classifier, grays: list[np.ndarray]) -> np.ndarray:
         spec = classifier.card.preprocess_spec
-        return classifier.predict_batch(normalize(torch.stack(grays), spec))
+        return classifier.predict_batch(normalize(torch.from_numpy(np.stack(grays)), spec))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def predict(self, grays: list[torch.Tensor]) -> list[dict]:
+    async def predict(self, grays: list[np.ndarray]) -> list[dict]:
+        """Grey levels [1, S, S] float32 in [0, 1] per request -> probabilities and model info."""
         classifier = self.classifier  # the model for this whole batch, even if a roll lands meanwhile
         size = classifier.card.preprocess_spec.input_size
         results: list[dict | None] = [None] * len(grays)
@@ -117,13 +119,13 @@ class BatchedClassifier:
                 results[i] = {"probabilities": [float(p) for p in row], "model": info, "batch_size": len(good)}
         return results
 
-    async def explain(self, gray: torch.Tensor, target: int | None = None) -> dict:
+    async def explain(self, gray: np.ndarray, target: int | None = None) -> dict:
         """Grad-CAM heatmap for one image; its own call, so plain predictions never pay for it."""
         classifier = self.explainer  # Grad-CAM needs autograd: always the torch model
         size = classifier.card.preprocess_spec.input_size
         if tuple(gray.shape) != (1, size, size):
             return {"error": "input_size_mismatch", "input_size": size}
-        x = normalize(gray, classifier.card.preprocess_spec).to(classifier.device)
+        x = normalize(torch.from_numpy(gray), classifier.card.preprocess_spec).to(classifier.device)
         heatmap, index = await asyncio.to_thread(gradcam, classifier.model, x, target)
         return {"heatmap": heatmap, "target": index, "label": classifier.labels[index]}
 

@@ -26,7 +26,7 @@ from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, to_png
 from cxr_model.checkpoint import ModelCard
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.labels import MULTICLASS
-from cxr_model.preprocessing import open_image
+from cxr_model.preprocessing import image_to_grayscale
 from serve.inputs import InputError, decode_upload, validate_patient_id, validate_request_id
 from serve.settings import ServeSettings
 from serve.store import IMAGE_KINDS, now
@@ -116,8 +116,9 @@ class Ingress:
             explain = fields.get("explain", "")
             if explain not in ("", "gradcam"):
                 raise InputError(400, "bad_explain", "explain must be 'gradcam' or empty", "explain")
-            card = await self._card()
-            gray = decode_upload(data, self.settings_spec(card))
+            original = decode_upload(data, self.settings.max_pixels)
+            # numpy crosses to the classifier as a zero-copy pickle-5 buffer; a tensor would be copied.
+            gray = image_to_grayscale(original, (await self._card()).preprocess_spec).numpy()
         except InputError as exc:
             self.rejected.inc(tags={"reason": exc.code})
             return _error(exc)
@@ -126,9 +127,12 @@ class Ingress:
 
         result = await self.classifier.predict.remote(gray)
         if result.get("error") == "input_size_mismatch":  # a model roll changed the input size
-            card = await self._card(refresh=True)
-            gray = decode_upload(data, self.settings_spec(card))
+            gray = image_to_grayscale(original, (await self._card(refresh=True)).preprocess_spec).numpy()
             result = await self.classifier.predict.remote(gray)
+        if "error" in result:
+            return JSONResponse({"error": {"code": "model_changing",
+                                           "message": "the model is being replaced; retry in a moment"}},
+                                503, headers={"Retry-After": "2"})
         inferred = time.perf_counter()
         self.stage_seconds.observe(inferred - decoded, tags={"stage": "inference"})
 
@@ -140,23 +144,23 @@ class Ingress:
         else:
             positives = [n for n, t in zip(model["labels"], model["thresholds"]) if probabilities[n] >= t]
         self.predictions.inc(tags={"label": top_label, "model_version": model["version"]})
-        original = open_image(data, self.settings.max_pixels)
-        notice = DEMO_NOTICE if model["synthetic_demo"] else NOTICE
-        images = {"original": data,
-                  "annotated": to_png(annotate(original, f"{top_label} {probabilities[top_label]:.0%}", notice))}
         body = {
             "request_id": request_id, "patient_id": patient_id,
             "probabilities": probabilities, "top_label": top_label,
             "confidence": probabilities[top_label], "positives": positives,
-            "model": model, "batch_size": result["batch_size"],
+            "model": model, "batch_size": result["batch_size"], "saved": False, "prediction_id": None,
         }
-        if explain:
-            cam = await self.classifier.explain.remote(gray)
+        cam = await self.classifier.explain.remote(gray) if explain else {}
+        if "heatmap" in cam:
+            body["gradcam_label"] = cam["label"]
+        if _flag(fields.get("save", "")):
+            # Images are drawn and encoded only when stored: PNG encoding is the costliest CPU
+            # work after the model, and plain predictions should not pay for it.
+            notice = DEMO_NOTICE if model["synthetic_demo"] else NOTICE
+            images = {"original": data,
+                      "annotated": to_png(annotate(original, f"{top_label} {probabilities[top_label]:.0%}", notice))}
             if "heatmap" in cam:
                 images["gradcam"] = to_png(overlay_heatmap(original, cam["heatmap"]))
-                body["gradcam_label"] = cam["label"]
-        body["saved"], body["prediction_id"] = False, None
-        if _flag(fields.get("save", "")):
             record = {k: body[k] for k in ("request_id", "patient_id", "probabilities", "top_label",
                                            "confidence", "positives", "model")}
             record["created_at"] = now()
@@ -169,10 +173,6 @@ class Ingress:
                               "inference": round((inferred - decoded) * 1000, 2),
                               "total": round((time.perf_counter() - started) * 1000, 2)}
         return JSONResponse(body)
-
-    def settings_spec(self, card: ModelCard):
-        spec = card.preprocess_spec
-        return type(spec)(**{**spec.to_dict(), "max_pixels": self.settings.max_pixels})
 
     async def get_prediction(self, request: Request) -> Response:
         record = await self.store.get.remote(request.path_params["prediction_id"])

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
+from PIL import Image
 
-from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, decode_grayscale
+from cxr_model.preprocessing import ImageDecodeError, open_image
 
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
@@ -51,9 +51,9 @@ def validate_request_id(value) -> str | None:
     return value
 
 
-def decode_upload(data: bytes, spec: PreprocessSpec) -> torch.Tensor:
-    """Bytes -> grey levels [1, S, S] for the model; 4xx ``InputError`` for anything unusable."""
+def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes -> a fully decoded image; 4xx ``InputError`` for anything unusable."""
     try:
-        return decode_grayscale(data, spec)
+        return open_image(data, max_pixels)
     except ImageDecodeError as exc:
         raise InputError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, str(exc), "image") from exc

@@ -98,7 +98,9 @@ class Service:
         deploy(deploy_config(self.checkpoint, self.port, self.env, user_config))
 
 
-@pytest.fixture(scope="session")
+# Package scope: Serve's replicas hold most of the 2 CPUs, so they must be gone before
+# tests elsewhere (Ray Train) ask the same cluster for workers.
+@pytest.fixture(scope="package")
 def service(ray_cluster, mongo_server, tiny_checkpoint):
     from ray import serve
 

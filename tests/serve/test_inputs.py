@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from cxr_model.preprocessing import PreprocessSpec
 from serve.inputs import InputError, decode_upload, validate_patient_id, validate_request_id
 from tests.conftest import png_bytes
 
@@ -30,10 +29,10 @@ def test_request_ids():
 
 
 def test_decode_errors_map_to_statuses():
-    spec = PreprocessSpec(input_size=32, max_pixels=100)
-    cases = {b"": 400, b"text": 415, png_bytes(np.zeros((20, 20), np.uint8)): 413}
+    good = png_bytes(np.zeros((20, 20), np.uint8))
+    cases = {b"": 400, b"text": 415, good: 413, good[:60]: 422}
     for data, status in cases.items():
         with pytest.raises(InputError) as error:
-            decode_upload(data, spec)
-        assert error.value.status == status
-    assert decode_upload(png_bytes(np.zeros((5, 5), np.uint8)), spec).shape == (1, 32, 32)
+            decode_upload(data, max_pixels=100)
+        assert error.value.status == status and error.value.field == "image"
+    assert decode_upload(png_bytes(np.zeros((5, 5), np.uint8)), max_pixels=100).size == (5, 5)
