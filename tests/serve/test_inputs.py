@@ -29,8 +29,10 @@ def test_request_ids():
 
 
 def test_decode_errors_map_to_statuses():
-    good = png_bytes(np.zeros((20, 20), np.uint8))
-    cases = {b"": 400, b"text": 415, good: 413, good[:60]: 422}
+    big = png_bytes(np.zeros((20, 20), np.uint8))
+    noisy = png_bytes(np.random.default_rng(0).integers(0, 256, (9, 9), dtype=np.uint8))
+    # The pixel budget is checked from the header, before any pixel is decoded.
+    cases = {b"": 400, b"text": 415, big: 413, big[:60]: 413, noisy[: len(noisy) - 30]: 422}
     for data, status in cases.items():
         with pytest.raises(InputError) as error:
             decode_upload(data, max_pixels=100)
