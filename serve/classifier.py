@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -40,6 +41,20 @@ def model_info(card, runtime: str) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """Everything one model version needs, swapped in by a single assignment on a roll."""
+
+    checkpoint: str
+    engine: object  # Classifier or OnnxClassifier: predict_batch + card
+    explainer: Classifier  # Grad-CAM needs autograd, so always the torch model
+    runtime: str
+
+    @property
+    def card(self):
+        return self.engine.card
+
+
 @serve.deployment(name="BatchedClassifier")
 class BatchedClassifier:
     def __init__(self, checkpoint: str, device: str = "auto", runtime: str = "auto", compile: bool = False):
@@ -49,9 +64,6 @@ class BatchedClassifier:
         # Ray pins OMP threads to the replica's CPUs; torch and ONNX Runtime must agree or they oversubscribe.
         self.threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(self.threads)
-        self.classifier = None
-        self.checkpoint = None
-        self._load(checkpoint)
         self.batch_sizes = Histogram("cxr_batch_size", description="images per model forward pass",
                                      boundaries=[1, 2, 4, 8, 16, 32, 64])
         self.inference_seconds = Histogram("cxr_inference_seconds", description="model forward time per batch",
@@ -59,9 +71,10 @@ class BatchedClassifier:
         self.model_loaded = Gauge("cxr_model_info", description="1 for the model version this replica serves",
                                   tag_keys=("model", "version"))
         self.rolls = Counter("cxr_model_rolls_total", description="checkpoints loaded via user_config")
-        self.model_loaded.set(1, tags={"model": self.classifier.card.name, "version": self.classifier.card.version})
+        self.served = self._load(checkpoint)
+        self.model_loaded.set(1, tags={"model": self.served.card.name, "version": self.served.card.version})
 
-    def _load(self, checkpoint: str) -> None:
+    def _load(self, checkpoint: str) -> ServedModel:
         model, card = load_network(checkpoint)
         device = resolve_device(self.device)
         runtime = self.runtime
@@ -71,29 +84,26 @@ class BatchedClassifier:
         torch_classifier = Classifier(model, card, device=str(device), channels_last=True,
                                       compile=self.compile and runtime == "torch")
         engine = OnnxClassifier(checkpoint, card, self.threads) if runtime == "onnx" else torch_classifier
-        # One assignment: a batch sees the old model or the new one, never half of each.
-        self.classifier, self.explainer, self.runtime_used = engine, torch_classifier, runtime
-        self.checkpoint = checkpoint
+        return ServedModel(checkpoint, engine, torch_classifier, runtime)
 
     def reconfigure(self, user_config: dict) -> None:
         unknown = set(user_config) - {"checkpoint", "max_batch_size", "batch_wait_timeout_s"}
         if unknown:
             raise ValueError(f"unknown BatchedClassifier user_config keys: {sorted(unknown)}")
-        if user_config.get("checkpoint") and user_config["checkpoint"] != self.checkpoint:
-            old = self.classifier.card
-            self._load(user_config["checkpoint"])
-            if hasattr(self, "rolls"):
-                self.rolls.inc()
-                self.model_loaded.set(0, tags={"model": old.name, "version": old.version})
-                card = self.classifier.card
-                self.model_loaded.set(1, tags={"model": card.name, "version": card.version})
+        if user_config.get("checkpoint") and user_config["checkpoint"] != self.served.checkpoint:
+            old = self.served.card
+            # One assignment: a batch sees the old model or the new one, never half of each.
+            self.served = self._load(user_config["checkpoint"])
+            self.rolls.inc()
+            self.model_loaded.set(0, tags={"model": old.name, "version": old.version})
+            self.model_loaded.set(1, tags={"model": self.served.card.name, "version": self.served.card.version})
         if "max_batch_size" in user_config:
             self.predict.set_max_batch_size(int(user_config["max_batch_size"]))
         if "batch_wait_timeout_s" in user_config:
             self.predict.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
     def model_card(self) -> dict:
-        return self.classifier.card.to_dict()
+        return self.served.card.to_dict()
 
     def _forward(self, classifier, grays: list[np.ndarray]) -> np.ndarray:
         spec = classifier.card.preprocess_spec
@@ -102,7 +112,8 @@ class BatchedClassifier:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict(self, grays: list[np.ndarray]) -> list[dict]:
         """Grey levels [1, S, S] float32 in [0, 1] per request -> probabilities and model info."""
-        classifier = self.classifier  # the model for this whole batch, even if a roll lands meanwhile
+        served = self.served  # the model for this whole batch, even if a roll lands meanwhile
+        classifier = served.engine
         size = classifier.card.preprocess_spec.input_size
         results: list[dict | None] = [None] * len(grays)
         good = [i for i, g in enumerate(grays) if tuple(g.shape) == (1, size, size)]
@@ -114,14 +125,14 @@ class BatchedClassifier:
             probs = await asyncio.to_thread(self._forward, classifier, [grays[i] for i in good])
             self.inference_seconds.observe(time.perf_counter() - started)
             self.batch_sizes.observe(len(good))
-            info = model_info(classifier.card, self.runtime_used)
+            info = model_info(classifier.card, served.runtime)
             for row, i in zip(probs, good):
                 results[i] = {"probabilities": [float(p) for p in row], "model": info, "batch_size": len(good)}
         return results
 
     async def explain(self, gray: np.ndarray, target: int | None = None) -> dict:
         """Grad-CAM heatmap for one image; its own call, so plain predictions never pay for it."""
-        classifier = self.explainer  # Grad-CAM needs autograd: always the torch model
+        classifier = self.served.explainer
         size = classifier.card.preprocess_spec.input_size
         if tuple(gray.shape) != (1, size, size):
             return {"error": "input_size_mismatch", "input_size": size}
@@ -130,5 +141,5 @@ class BatchedClassifier:
         return {"heatmap": heatmap, "target": index, "label": classifier.labels[index]}
 
     def check_health(self) -> None:
-        if self.classifier is None:
+        if self.served is None or self.served.engine is None:
             raise RuntimeError("no model loaded")
