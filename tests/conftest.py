@@ -22,9 +22,6 @@ from cxr_model.network import build_model  # noqa: E402
 from cxr_model.preprocessing import PreprocessSpec  # noqa: E402
 from training.synthetic import make_demo_dataset  # noqa: E402
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     image = Image.fromarray(array)
     if mode:
@@ -32,12 +29,6 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="session")
-def artifacts_dir() -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS
 
 
 def _free_port() -> int:
