@@ -68,3 +68,22 @@ def test_manifest_round_trip_and_tamper_check(scanned, tmp_path):
     save_manifest(manifest, path)
     with pytest.raises(ValueError, match="hash mismatch"):
         load_manifest(path)
+
+
+def test_layout_given_splits_are_kept_and_a_cross_split_duplicate_goes_to_train():
+    class Fixed:
+        root, layout = "/data", "roboflow"
+        label_set = __import__("cxr_model").LabelSet("multiclass", ("COVID-19", "Normal"))
+        skipped = []
+        samples = [
+            Sample("train/normal/a.png", ("Normal",), "train", "h1"),
+            Sample("test/normal/a-copy.png", ("Normal",), "test", "h1"),  # the same bytes in test
+            Sample("val/covid/b.png", ("COVID-19",), "val", "h2"),
+            Sample("test/covid/c.png", ("COVID-19",), "test", "h3"),
+        ]
+
+    manifest = build_manifest(Fixed, seed=0)
+    splits = {e["path"]: e["split"] for e in manifest["entries"]}
+    assert manifest["split_source"] == "layout"
+    assert splits == {"train/normal/a.png": "train", "test/normal/a-copy.png": "train",
+                      "val/covid/b.png": "val", "test/covid/c.png": "test"}
