@@ -23,7 +23,7 @@ from cxr_model.checkpoint import load_network
 from cxr_model.classifier import Classifier, resolve_device
 from cxr_model.gradcam import gradcam
 from cxr_model.onnx_runtime import OnnxClassifier, onnx_export_matches
-from cxr_model.preprocessing import normalize
+from cxr_model.preprocessing import levels_to_unit, normalize
 
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -39,6 +39,12 @@ def model_info(card, runtime: str) -> dict:
         "weights_sha256": card.weights_sha256, "preprocessing_version": card.preprocess_spec.version,
         "input_size": card.preprocess_spec.input_size, "synthetic_demo": card.synthetic_demo,
     }
+
+
+def stack_inputs(grays: list[np.ndarray], spec) -> torch.Tensor:
+    """Per-request grey levels [1, S, S] (from ``serve.inputs.model_levels``) -> normalised batch."""
+    # Per image: one batch may mix uint8 (8-bit sources) and float32 (16-bit) levels.
+    return normalize(torch.from_numpy(np.stack([levels_to_unit(g) for g in grays])), spec)
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,12 @@ class BatchedClassifier:
         return self.served.card.to_dict()
 
     def _forward(self, classifier, grays: list[np.ndarray]) -> np.ndarray:
-        spec = classifier.card.preprocess_spec
-        return classifier.predict_batch(normalize(torch.from_numpy(np.stack(grays)), spec))
+        return classifier.predict_batch(stack_inputs(grays, classifier.card.preprocess_spec))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict(self, grays: list[np.ndarray]) -> list[dict]:
-        """Grey levels [1, S, S] float32 in [0, 1] per request -> probabilities and model info."""
+        """Grey levels [1, S, S] per request (``resize_levels``: uint8, or float32 in [0, 1]) ->
+        probabilities and model info."""
         served = self.served  # the model for this whole batch, even if a roll lands meanwhile
         classifier = served.engine
         size = classifier.card.preprocess_spec.input_size
@@ -136,7 +142,7 @@ class BatchedClassifier:
         size = classifier.card.preprocess_spec.input_size
         if tuple(gray.shape) != (1, size, size):
             return {"error": "input_size_mismatch", "input_size": size}
-        x = normalize(torch.from_numpy(gray), classifier.card.preprocess_spec).to(classifier.device)
+        x = stack_inputs([gray], classifier.card.preprocess_spec)[0].to(classifier.device)
         heatmap, index = await asyncio.to_thread(gradcam, classifier.model, x, target)
         return {"heatmap": heatmap, "target": index, "label": classifier.labels[index]}
 
