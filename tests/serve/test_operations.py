@@ -48,6 +48,9 @@ def test_database_outage_returns_the_prediction_marked_not_saved(service, mongo_
         assert body["top_label"] in body["probabilities"]
         ready = service.http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
+        listing = service.http.get("/api/v1/patients/P-0001/predictions")
+        assert listing.status_code == 503 and listing.headers["retry-after"] == "5"
+        assert listing.json()["error"]["code"] == "database_unavailable"
     finally:
         mongo_server.start()
     # Nothing half-written: no record and no files for that request.

@@ -1,0 +1,247 @@
+"""One study's path through the service, shared by the JSON API and the pages.
+
+Read the upload (size-checked before parsing) -> check every field -> decode ->
+classify (batched) -> optional Grad-CAM -> optional save. The API reports the
+first problem; the pages show every field's problem next to that field.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+from starlette.requests import Request
+
+from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, to_png
+from cxr_model.checkpoint import ModelCard
+from cxr_model.gradcam import overlay_heatmap
+from cxr_model.labels import MULTICLASS
+from serve.inputs import InputError, decode_upload, model_levels, validate_patient_id, validate_request_id
+from serve.settings import ServeSettings
+from serve.store import now
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+MAX_FORM_FIELDS = 8
+MAX_FIELD_BYTES = 64 * 1024
+
+
+class InvalidStudy(ValueError):
+    """Every field's problem at once; ``first`` is what the JSON API reports."""
+
+    def __init__(self, errors: list[InputError]):
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+    @property
+    def first(self) -> InputError:
+        return self.errors[0]
+
+    def triples(self) -> list[tuple[str | None, str, str]]:
+        return [(e.field, e.code, str(e)) for e in self.errors]
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str]
+    data: bytes | None
+    filename: str | None
+
+
+async def read_upload(request: Request, max_bytes: int, image_required: bool = True) -> Upload:
+    """Multipart form -> fields and at most one image, refusing oversized bodies before parsing."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MAX_FIELD_BYTES:
+        raise InputError(413, "too_large", f"the upload exceeds {max_bytes} bytes", "image")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InputError(415, "not_multipart", "send multipart/form-data with an 'image' file")
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except Exception as exc:  # starlette raises MultiPartException / HTTPException on limits
+        raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
+    try:
+        upload = form.get("image")
+        data = filename = None
+        if upload is not None and not isinstance(upload, str):
+            data = await upload.read(max_bytes + 1)
+            filename = upload.filename
+            if len(data) > max_bytes:
+                raise InputError(413, "too_large", f"the image exceeds {max_bytes} bytes", "image")
+            if not data and not filename:  # a browser's empty file input
+                data = None
+        if data is None and image_required:
+            raise InputError(400, "missing_image", "an 'image' file is required", "image")
+        return Upload({k: v for k, v in form.items() if isinstance(v, str)}, data, filename)
+    finally:
+        await form.close()
+
+
+@dataclass
+class StudyInputs:
+    patient_id: str
+    request_id: str
+    explain: bool
+    save: bool
+    data: bytes
+    original: Image.Image
+    filename: str | None = None
+
+
+def flag(value) -> bool:
+    return str(value).lower() in ("1", "true", "on", "yes")
+
+
+def check_inputs(fields: dict, data: bytes | None, max_pixels: int, filename: str | None = None) -> StudyInputs:
+    """All of a study's fields, validated; ``InvalidStudy`` lists every problem (patient ID first)."""
+    errors, values = [], {}
+    checks = [("patient_id", lambda: validate_patient_id(fields.get("patient_id"))),
+              ("request_id", lambda: validate_request_id(fields.get("request_id")) or uuid.uuid4().hex),
+              ("explain", lambda: _explain(fields.get("explain", ""))),
+              ("image", lambda: _decode(data, max_pixels))]
+    for name, check in checks:
+        try:
+            values[name] = check()
+        except InputError as exc:
+            errors.append(exc)
+    if errors:
+        raise InvalidStudy(errors)
+    return StudyInputs(values["patient_id"], values["request_id"], values["explain"], flag(fields.get("save", "")),
+                       data, values["image"], filename)
+
+
+def _explain(value: str) -> bool:
+    if value not in ("", "gradcam"):
+        raise InputError(400, "bad_explain", "explain must be 'gradcam' or empty", "explain")
+    return value == "gradcam"
+
+
+def _decode(data: bytes | None, max_pixels: int) -> Image.Image:
+    if data is None:
+        raise InputError(400, "missing_image", "an 'image' file is required", "image")
+    return decode_upload(data, max_pixels)
+
+
+@dataclass
+class Prediction:
+    inputs: StudyInputs
+    probabilities: dict[str, float]
+    top_label: str
+    positives: list[str]
+    model: dict
+    batch_size: int
+    timings_ms: dict = field(default_factory=dict)
+    heatmap: np.ndarray | None = None
+    gradcam_label: str | None = None
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.top_label]
+
+    def annotated(self, image: Image.Image | None = None) -> Image.Image:
+        notice = DEMO_NOTICE if self.model.get("synthetic_demo") else NOTICE
+        return annotate(image or self.inputs.original, f"{self.top_label} {self.confidence:.0%}", notice)
+
+    def gradcam(self, image: Image.Image | None = None) -> Image.Image | None:
+        return None if self.heatmap is None else overlay_heatmap(image or self.inputs.original, self.heatmap)
+
+    def record(self) -> dict:
+        return {"request_id": self.inputs.request_id, "patient_id": self.inputs.patient_id,
+                "probabilities": self.probabilities, "top_label": self.top_label, "confidence": self.confidence,
+                "positives": self.positives, "model": self.model, "created_at": now()}
+
+    def stored_images(self) -> dict[str, bytes]:
+        # Drawn and encoded only when stored: PNG encoding is the costliest CPU work after the
+        # model, and plain predictions should not pay for it.
+        images = {"original": self.inputs.data, "annotated": to_png(self.annotated())}
+        if self.heatmap is not None:
+            images["gradcam"] = to_png(self.gradcam())
+        return images
+
+    def api_body(self) -> dict:
+        body = {"request_id": self.inputs.request_id, "patient_id": self.inputs.patient_id,
+                "probabilities": self.probabilities, "top_label": self.top_label, "confidence": self.confidence,
+                "positives": self.positives, "model": self.model, "batch_size": self.batch_size,
+                "saved": False, "prediction_id": None}
+        if self.gradcam_label is not None:
+            body["gradcam_label"] = self.gradcam_label
+        return body
+
+
+def public_record(record: dict) -> dict:
+    """A stored record as the API shows it: ids as strings, dates as ISO 8601."""
+    out = {k: v for k, v in record.items() if k not in ("_id", "files")}
+    out["prediction_id"] = record["_id"]
+    out["created_at"] = record["created_at"].isoformat()
+    out["images"] = {kind: f"/api/v1/predictions/{record['_id']}/image?kind={kind}" for kind in record["files"]}
+    return out
+
+
+class ModelChanging(RuntimeError):
+    """A roll replaced the model between two calls; the client should retry shortly."""
+
+
+class StudyService:
+    def __init__(self, classifier: DeploymentHandle, store: DeploymentHandle, settings: ServeSettings):
+        self.classifier, self.store, self.settings = classifier, store, settings
+        self._card: ModelCard | None = None
+        self.rejected = Counter("cxr_rejected_inputs_total", description="uploads refused, by reason",
+                                tag_keys=("reason",))
+        self.predictions = Counter("cxr_predictions_total", description="predictions served, by top label",
+                                   tag_keys=("label", "model_version"))
+        self.stage_seconds = Histogram("cxr_stage_seconds", description="time per request stage",
+                                       boundaries=LATENCY_BUCKETS, tag_keys=("stage",))
+
+    async def card(self, refresh: bool = False) -> ModelCard:
+        if self._card is None or refresh:
+            self._card = ModelCard.from_dict(await self.classifier.model_card.remote())
+        return self._card
+
+    def check(self, upload: Upload) -> StudyInputs:
+        try:
+            return check_inputs(upload.fields, upload.data, self.settings.max_pixels, upload.filename)
+        except InvalidStudy as exc:
+            self.reject(exc.first)
+            raise
+
+    def reject(self, error: InputError) -> None:
+        self.rejected.inc(tags={"reason": error.code})
+
+    async def predict(self, inputs: StudyInputs, started: float | None = None) -> Prediction:
+        started = time.perf_counter() if started is None else started
+        gray = model_levels(inputs.original, (await self.card()).preprocess_spec)
+        decoded = time.perf_counter()
+        self.stage_seconds.observe(decoded - started, tags={"stage": "decode"})
+        result = await self.classifier.predict.remote(gray)
+        if result.get("error") == "input_size_mismatch":  # a model roll changed the input size
+            gray = model_levels(inputs.original, (await self.card(refresh=True)).preprocess_spec)
+            result = await self.classifier.predict.remote(gray)
+        if "error" in result:
+            raise ModelChanging(result["error"])
+        inferred = time.perf_counter()
+        self.stage_seconds.observe(inferred - decoded, tags={"stage": "inference"})
+        model = result["model"]
+        probabilities = dict(zip(model["labels"], result["probabilities"]))
+        top_label = max(probabilities, key=probabilities.get)
+        if model["task"] == MULTICLASS:
+            positives = [top_label]
+        else:
+            positives = [n for n, t in zip(model["labels"], model["thresholds"]) if probabilities[n] >= t]
+        self.predictions.inc(tags={"label": top_label, "model_version": model["version"]})
+        prediction = Prediction(inputs, probabilities, top_label, positives, model, result["batch_size"],
+                                {"decode": round((decoded - started) * 1000, 2),
+                                 "inference": round((inferred - decoded) * 1000, 2)})
+        if inputs.explain:
+            cam = await self.classifier.explain.remote(gray)
+            if "heatmap" in cam:
+                prediction.heatmap, prediction.gradcam_label = cam["heatmap"], cam["label"]
+        return prediction
+
+    async def save(self, prediction: Prediction) -> dict:
+        started = time.perf_counter()
+        saved = await self.store.save.remote(prediction.record(), prediction.stored_images())
+        self.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
+        return saved

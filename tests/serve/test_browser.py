@@ -1,0 +1,179 @@
+"""A real browser (Debian's chromium via playwright) against the running Serve app and embedded DB.
+
+Screenshots of every step go to test-artifacts/screenshots/ (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.serve.test_api import chest_png
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+LABELS = ("COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia")
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = "Debian's chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CXR_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+class Session:
+    """One browser context; records console errors so a broken script fails the test."""
+
+    def __init__(self, browser, base_url: str, name: str, javascript: bool = True, viewport=(1366, 768)):
+        self.context = browser.new_context(java_script_enabled=javascript, base_url=base_url,
+                                           viewport={"width": viewport[0], "height": viewport[1]})
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.name, self.step, self.errors = name, 0, []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def shot(self, what: str) -> None:
+        self.step += 1
+        self.page.screenshot(path=str(SHOTS / f"{self.name}-{self.step:02d}-{what}.png"), full_page=True)
+
+    def fits_width(self) -> bool:
+        return self.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+    def image_loaded(self, selector: str) -> bool:
+        return self.page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def png_file(seed: int, name: str = "chest.png") -> dict:
+    return {"name": name, "mimeType": "image/png", "buffer": chest_png(seed)}
+
+
+def search_and_open(s: Session, patient: str, live: bool) -> None:
+    s.page.get_by_role("link", name="Patient search").click()
+    s.page.fill("#search-patient", patient)
+    if not live:
+        s.page.get_by_role("button", name="Search").click()
+    row = s.page.locator("#patient-results tbody tr")
+    row.first.wait_for()
+    assert row.count() == 1 and s.image_loaded("#patient-results img.thumb")
+    assert f"patient_id={patient}" in s.page.url  # the search is bookmarkable
+    s.shot("search")
+    s.page.locator("#patient-results").get_by_role("link", name=re.compile("Review")).click()
+    s.page.wait_for_url(re.compile(r"/studies/[0-9a-f]+$"))
+    assert patient in s.page.locator("h1").inner_text()
+    assert s.image_loaded("img[alt^='Annotated radiograph']")
+    s.shot("study")
+    s.page.get_by_role("link", name=f"All studies for patient {patient}").click()
+    s.page.locator("#patient-results tbody tr").first.wait_for()
+
+
+def test_clinician_flow_with_htmx(browser, service, db):
+    patient = f"P-E2E-{uuid.uuid4().hex[:8]}"
+    s = Session(browser, service.base_url, "htmx")
+    try:
+        s.page.goto("/")
+        assert s.page.locator("#safety-notice").inner_text() == "Decision support only - not for diagnostic use"
+        s.page.get_by_label("Patient ID").fill(patient)
+        s.page.get_by_label("Chest X-ray image").set_input_files(png_file(50))
+        s.page.get_by_label("Grad-CAM overlay").check()
+        s.shot("form")
+        s.page.get_by_role("button", name="Predict").click()
+        s.page.locator("#result article.result").wait_for()
+        assert s.page.url.rstrip("/") == service.base_url  # swapped in place, no navigation
+        assert s.page.locator(".top-label").inner_text() in LABELS
+        assert s.page.locator("#result meter").count() == 4
+        assert s.image_loaded("#result .view-annotated-image img")
+        s.shot("result")
+        s.page.locator(".view-switch label[for=view-gradcam]").click()
+        assert s.page.locator(".view-gradcam-image").is_visible()
+        assert not s.page.locator(".view-annotated-image").is_visible()
+        s.shot("gradcam")
+        s.page.get_by_role("button", name="Save to record").click()
+        s.page.get_by_text("Saved to the record").wait_for()
+        s.shot("saved")
+        assert db["predictions"].count_documents({"patient_id": patient}) == 1
+        search_and_open(s, patient, live=True)
+        assert s.fits_width()
+        assert s.errors == []
+    finally:
+        s.close()
+
+
+def test_the_same_flow_without_javascript(browser, service, db):
+    patient = f"P-NOJS-{uuid.uuid4().hex[:8]}"
+    s = Session(browser, service.base_url, "nojs", javascript=False)
+    try:
+        s.page.goto("/")
+        s.page.get_by_label("Patient ID").fill(patient)
+        s.page.get_by_label("Chest X-ray image").set_input_files(png_file(51))
+        s.page.get_by_role("button", name="Predict").click()
+        s.page.locator("#result article.result").wait_for()
+        assert s.page.url.endswith("/studies")  # a plain form post answered with a whole page
+        assert s.image_loaded("#result .view-annotated-image img")
+        s.shot("result")
+        s.page.get_by_role("button", name="Save to record").click()
+        s.page.wait_for_url(re.compile(r"/studies/[0-9a-f]+$"))
+        s.shot("saved-study")
+        assert db["predictions"].count_documents({"patient_id": patient}) == 1
+        search_and_open(s, patient, live=False)
+    finally:
+        s.close()
+
+
+def test_errors_show_next_to_their_field_and_the_chosen_file_survives(browser, service, db):
+    s = Session(browser, service.base_url, "errors", viewport=(800, 1100))  # a tablet held upright
+    try:
+        s.page.goto("/")
+        s.page.get_by_label("Patient ID").fill("P-ERR-1")
+        s.page.get_by_label("Chest X-ray image").set_input_files(
+            {"name": "notes.png", "mimeType": "image/png", "buffer": b"these are my notes, not an X-ray"})
+        s.page.get_by_role("button", name="Predict").click()
+        image_error = s.page.locator(".field:has(#image) .field-error")
+        image_error.filter(has_text="not a PNG or JPEG image").wait_for()
+        expect(s.page.locator("#image")).to_have_attribute("aria-invalid", "true")
+        assert s.page.locator("#patient_id-error").inner_text() == ""
+        s.shot("not-an-image")
+        # Now a real image but no patient ID: the message moves, the file stays chosen.
+        s.page.get_by_label("Chest X-ray image").set_input_files(png_file(52))
+        s.page.get_by_label("Patient ID").fill("")
+        s.page.get_by_role("button", name="Predict").click()
+        s.page.locator("#patient_id-error").filter(has_text="Enter the patient ID").wait_for()
+        assert image_error.inner_text() == ""
+        expect(s.page.locator("#image")).not_to_have_attribute("aria-invalid", "true")
+        assert s.page.eval_on_selector("#image", "input => input.files.length") == 1
+        s.shot("missing-patient")
+        s.page.get_by_label("Patient ID").fill("P-ERR-1")
+        s.page.get_by_role("button", name="Predict").click()
+        s.page.locator("#result article.result").wait_for()
+        assert s.page.locator("#patient_id-error").inner_text() == ""
+        assert s.fits_width()
+        assert db["predictions"].count_documents({"patient_id": "P-ERR-1"}) == 0
+        # 4xx responses logged by the browser are expected here; script errors are not.
+        assert not [e for e in s.errors if not e.startswith(("Failed to load resource", "Response Status Error Code"))]
+    finally:
+        s.close()

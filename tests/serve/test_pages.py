@@ -1,0 +1,180 @@
+"""The clinician pages over real HTTP: full documents for browsers, fragments for htmx."""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+
+from PIL import Image
+
+from tests.serve.test_api import chest_png, stored_counts
+from ui.views import HTMX_FILE, STATIC_DIR
+
+HX = {"HX-Request": "true"}
+NOTICE = "Decision support only - not for diagnostic use"
+
+
+def post_study(service, image: bytes | None, htmx: bool = False, filename: str = "cxr.png", **fields):
+    data = {"patient_id": "P-PAGE-1", "request_id": uuid.uuid4().hex, **fields}
+    files = {"image": (filename, image, "image/png")} if image is not None else {"image": ("", b"", "application/octet-stream")}
+    return service.http.post("/studies", data=data, files=files, headers=HX if htmx else {}, follow_redirects=False)
+
+
+def is_full_page(html: str) -> bool:
+    return html.lstrip().lower().startswith("<!doctype html>") and NOTICE in html
+
+
+def test_new_study_page_and_static_files(service):
+    page = service.http.get("/")
+    assert page.status_code == 200 and is_full_page(page.text)
+    assert 'action="/studies"' in page.text and 'enctype="multipart/form-data"' in page.text
+    assert page.headers["cache-control"] == "no-store"
+    htmx = service.http.get(f"/static/{HTMX_FILE}")
+    assert htmx.status_code == 200 and htmx.content == (STATIC_DIR / HTMX_FILE).read_bytes()
+    assert service.http.get("/static/app.css").status_code == 200
+    assert service.http.get("/static/../serve/app.py").status_code == 404
+
+
+def test_plain_form_post_returns_the_whole_page_with_the_result(service, db):
+    before = stored_counts(db)
+    response = post_study(service, chest_png(40))
+    assert response.status_code == 200 and is_full_page(response.text)
+    html = response.text
+    assert html.count("<meter") == 4 and 'src="data:image/jpeg;base64,' in html
+    assert "Save to record" in html and 'action="/studies/save"' in html
+    assert stored_counts(db) == before  # predicted, not saved
+
+
+def test_htmx_post_returns_only_the_result_fragment(service):
+    response = post_study(service, chest_png(41), htmx=True, explain="gradcam")
+    assert response.status_code == 200 and not is_full_page(response.text)
+    html = response.text
+    assert "<html" not in html and html.count("<meter") == 4
+    assert 'id="view-gradcam"' in html  # Grad-CAM toggle when requested
+    assert re.search(r'<input type="hidden" id="request_id" name="request_id" value="[0-9a-f]{32}" hx-swap-oob="true">', html)
+
+
+def test_save_on_predict_redirects_to_the_stored_study(service, db):
+    response = post_study(service, chest_png(42), save="1", patient_id="P-PAGE-SAVE")
+    assert response.status_code == 303
+    location = response.headers["location"]
+    study = service.http.get(location)
+    assert study.status_code == 200 and is_full_page(study.text)
+    prediction_id = location.rsplit("/", 1)[1]
+    record = db["predictions"].find_one({"_id": prediction_id})
+    assert record["patient_id"] == "P-PAGE-SAVE"
+    for kind in ("original", "annotated"):
+        assert f"/api/v1/predictions/{prediction_id}/image?kind={kind}" in study.text
+    assert 'href="/patients?patient_id=P-PAGE-SAVE"' in study.text
+    assert record["model"]["weights_sha256"][:12] in study.text
+    thumb = service.http.get(f"/studies/{prediction_id}/thumbnail")
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 160
+
+
+def test_save_after_predict_stores_what_was_shown_once(service, db):
+    request_id = uuid.uuid4().hex
+    shown = post_study(service, chest_png(43), htmx=True, request_id=request_id, patient_id="P-PAGE-LATER")
+    assert shown.status_code == 200 and db["predictions"].count_documents({"request_id": request_id}) == 0
+    saved = service.http.post("/studies/save", data={"request_id": request_id}, headers=HX)
+    assert saved.status_code == 200 and "Saved to the record" in saved.text
+    again = service.http.post("/studies/save", data={"request_id": request_id}, follow_redirects=False)
+    assert again.status_code == 303  # a second click lands on the same study
+    assert db["predictions"].count_documents({"request_id": request_id}) == 1
+    record = db["predictions"].find_one({"request_id": request_id})
+    assert again.headers["location"] == f"/studies/{record['_id']}"
+    assert f"{record['confidence'] * 100:.1f}%" in shown.text
+
+
+def test_save_of_an_unknown_prediction_is_refused(service, db):
+    before = stored_counts(db)
+    response = service.http.post("/studies/save", data={"request_id": "never-predicted-1"}, headers=HX)
+    assert response.status_code == 409 and "no longer held" in response.text
+    assert stored_counts(db) == before
+
+
+def test_htmx_errors_are_swapped_next_to_each_field_and_store_nothing(service, db):
+    before = stored_counts(db)
+    response = post_study(service, b"this is not an image", htmx=True, patient_id="", save="1")
+    assert response.status_code == 415  # the most specific problem sets the status
+    html = response.text
+    assert not is_full_page(html) and 'role="alert"' in html
+    assert re.search(r'id="patient_id-error"[^>]*hx-swap-oob="true">Enter the patient ID.<', html)
+    assert re.search(r'id="image-error"[^>]*hx-swap-oob="true">This file is not a PNG or JPEG image', html)
+    assert stored_counts(db) == before
+
+
+def test_too_large_upload_is_refused_with_the_message_by_the_file_field(service, db):
+    before = stored_counts(db)
+    response = post_study(service, b"\x89PNG\r\n\x1a\n" + b"\0" * (26 * 1024 * 1024), htmx=True, save="1")
+    assert response.status_code == 413
+    assert re.search(r'id="image-error"[^>]*>This file is larger than the upload limit', response.text)
+    assert stored_counts(db) == before
+
+
+def test_plain_post_error_keeps_the_chosen_file_for_the_next_attempt(service, db):
+    request_id = uuid.uuid4().hex
+    failed = post_study(service, chest_png(44), filename="chest-44.png", patient_id="", request_id=request_id)
+    assert failed.status_code == 400 and is_full_page(failed.text)
+    assert "Enter the patient ID." in failed.text and "Using chest-44.png" in failed.text
+    assert f'value="{request_id}"' in failed.text
+    # The clinician fixes the patient ID only; the file input is empty on a re-rendered page.
+    retried = post_study(service, None, patient_id="P-PAGE-KEPT", request_id=request_id, save="1")
+    assert retried.status_code == 303
+    assert db["predictions"].find_one({"request_id": request_id})["patient_id"] == "P-PAGE-KEPT"
+
+
+def test_database_outage_shows_the_prediction_not_saved_and_retry_saves_it(service, mongo_server, db):
+    request_id = uuid.uuid4().hex
+    mongo_server.stop()
+    try:
+        response = post_study(service, chest_png(45), htmx=True, save="1", request_id=request_id)
+        assert response.status_code == 200 and response.text.count("<meter") == 4
+        assert "Prediction shown, not saved - database unavailable" in response.text and "Retry save" in response.text
+        listing = service.http.get("/patients", params={"patient_id": "P-PAGE-1"}, headers=HX)
+        assert listing.status_code == 503 and "database cannot be reached" in listing.text
+    finally:
+        mongo_server.start()
+    assert db["predictions"].count_documents({"request_id": request_id}) == 0
+    retry = service.http.post("/studies/save", data={"request_id": request_id}, headers=HX)
+    assert retry.status_code == 200 and "Saved to the record" in retry.text
+    assert db["predictions"].count_documents({"request_id": request_id}) == 1
+
+
+def test_patient_search_full_page_fragment_and_pagination(service):
+    patient = f"P-SEARCH-{uuid.uuid4().hex[:8]}"
+    for seed in range(12):
+        assert service.predict(chest_png(100 + seed), patient_id=patient, save="1").json()["saved"]
+    page = service.http.get("/patients", params={"patient_id": patient})
+    assert page.status_code == 200 and is_full_page(page.text)
+    assert page.text.count("/thumbnail") == 10 and "12 studies" in page.text and "Page 1 of 2" in page.text
+    fragment = service.http.get("/patients", params={"patient_id": patient, "page": "2"}, headers=HX)
+    assert fragment.status_code == 200 and not is_full_page(fragment.text)
+    assert fragment.text.count("/thumbnail") == 2 and 'rel="prev"' in fragment.text
+    dates = re.findall(r"<td>(\d{4}-\d\d-\d\d \d\d:\d\d UTC)</td>", page.text)
+    assert dates == sorted(dates, reverse=True)
+    # History restores ask for the whole page even though they come from htmx.
+    restore = service.http.get("/patients", params={"patient_id": patient},
+                               headers={**HX, "HX-History-Restore-Request": "true"})
+    assert is_full_page(restore.text)
+
+
+def test_patient_search_rejects_bad_ids_and_reports_empty_results(service):
+    bad = service.http.get("/patients", params={"patient_id": '{"$ne": null}'}, headers=HX)
+    assert bad.status_code == 400 and "patient_id must be" in bad.text
+    assert "&#34;$ne&#34;" in bad.text or "$ne" not in bad.text.replace("&#34;", "")
+    empty = service.http.get("/patients", params={"patient_id": "P-NOBODY-1"}, headers=HX)
+    assert empty.status_code == 200 and "No stored studies" in empty.text
+    blank = service.http.get("/patients")
+    assert blank.status_code == 200 and "Type a patient ID" in blank.text
+
+
+def test_study_and_model_pages(service):
+    missing = service.http.get("/studies/does-not-exist")
+    assert missing.status_code == 404 and is_full_page(missing.text)
+    model = service.http.get("/model")
+    card = service.http.get("/api/v1/model").json()
+    assert model.status_code == 200 and card["name"] in model.text and card["weights_sha256"] in model.text
+    for label in card["labels"]:
+        assert label in model.text

@@ -1,0 +1,1 @@
+"""Clinician pages: Jinja2 templates, vendored static files, view helpers (no Ray)."""
