@@ -134,15 +134,21 @@ class Ingress:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        checks = {"model": False, "database": False}
-        try:
-            checks["model"] = bool((await self.studies.card(refresh=True)).weights_sha256)
-        except Exception:
-            pass
-        try:
-            checks["database"] = bool(await self.store.ping.remote())
-        except Exception:
-            pass
+        """Model loaded and database reachable; ``?checks=model`` limits it (pod readiness: a
+        MongoDB outage must not take predictions down, since they still work, marked not saved)."""
+        wanted = request.query_params.get("checks", "model,database").split(",")
+        if not wanted or set(wanted) - {"model", "database"}:
+            return _error(InputError(400, "bad_checks", "checks is a comma list of: model, database", "checks"))
+        checks = dict.fromkeys(wanted, False)
+        if "model" in checks:
+            try:
+                checks["model"] = bool((await self.studies.card(refresh=True)).weights_sha256)
+            except Exception:
+                pass
+        if "database" in checks:
+            try:
+                checks["database"] = bool(await self.store.ping.remote())
+            except Exception:
+                pass
         ok = all(checks.values())
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
-

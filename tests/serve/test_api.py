@@ -147,3 +147,6 @@ def test_model_card_health_and_readiness(service):
     assert card["labels"] == COVID4 and card["weights_sha256"]
     assert service.http.get("/healthz").json() == {"status": "ok"}
     assert service.http.get("/readyz").json()["checks"] == {"model": True, "database": True}
+    assert service.http.get("/readyz", params={"checks": "database"}).json()["checks"] == {"database": True}
+    bad = service.http.get("/readyz", params={"checks": "model,$where"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_checks"

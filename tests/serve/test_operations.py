@@ -48,6 +48,8 @@ def test_database_outage_returns_the_prediction_marked_not_saved(service, mongo_
         assert body["top_label"] in body["probabilities"]
         ready = service.http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
+        pod_ready = service.http.get("/readyz", params={"checks": "model"})  # what the pods probe
+        assert pod_ready.status_code == 200 and pod_ready.json()["checks"] == {"model": True}
         listing = service.http.get("/api/v1/patients/P-0001/predictions")
         assert listing.status_code == 503 and listing.headers["retry-after"] == "5"
         assert listing.json()["error"]["code"] == "database_unavailable"

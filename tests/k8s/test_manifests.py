@@ -1,0 +1,201 @@
+"""k8s/ validated offline: real CRD schemas, the Serve config, the image, the training command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve.app import AppArgs
+from serve.config_check import unknown_keys
+from tests.k8s.conftest import (
+    K8S, OVERLAYS, ROOT, by_kind, crd_schema, render_fallback, render_kubectl, shared_file,
+)
+from training.config import add_train_arguments
+
+CRDS = {"RayService": "kuberay-crds/ray.io_rayservices.yaml", "RayJob": "kuberay-crds/ray.io_rayjobs.yaml",
+        "RayCluster": "kuberay-crds/ray.io_rayclusters.yaml",
+        "PodMonitor": "prometheus-crds/monitoring.coreos.com_podmonitors.yaml"}
+DEPLOYMENTS = {"BatchedClassifier", "ResultStore", "Ingress"}
+
+
+def validator(kind: str) -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(crd_schema(shared_file(CRDS[kind])))
+
+
+def test_every_manifest_and_dashboard_parses():
+    files = sorted(K8S.rglob("*.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        assert all(isinstance(d, (dict, list)) for d in yaml.safe_load_all(path.read_text()) if d), path
+    dashboard = json.loads((K8S / "base" / "grafana-dashboard.json").read_text())
+    assert dashboard["panels"] and all(p["targets"] for p in dashboard["panels"])
+
+
+def test_overlays_render_the_same_with_kubectl_and_without():
+    for name in OVERLAYS:
+        real = render_kubectl(K8S / "overlays" / name)
+        if real is None:
+            pytest.skip("kubectl is not installed; the fallback renderer is used alone")
+        key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+        assert sorted(real, key=key) == sorted(render_fallback(K8S / "overlays" / name), key=key), name
+
+
+@pytest.mark.parametrize("kind", ["RayService", "RayJob", "PodMonitor"])
+def test_rendered_custom_resources_validate_against_the_real_crds(overlay, kind):
+    name, docs = overlay
+    if kind == "PodMonitor" and name == "cpu-dev":
+        assert not by_kind(docs, kind)  # removed on purpose: dev clusters lack the operator
+        return
+    (doc,) = by_kind(docs, kind)
+    errors = sorted(validator(kind).iter_errors(doc), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+
+
+def test_the_ray_cluster_inside_a_rayservice_is_a_valid_raycluster_spec(overlay):
+    _, docs = overlay
+    (service,) = by_kind(docs, "RayService")
+    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "check"},
+               "spec": service["spec"]["rayClusterConfig"]}
+    assert not list(validator("RayCluster").iter_errors(cluster))
+
+
+@pytest.mark.parametrize("where,kind", [
+    (("spec", "colour"), "RayService"),
+    (("spec", "rayClusterConfig", "headGroupSpec", "rayStartParam"), "RayService"),
+    (("spec", "rayClusterConfig", "workerGroupSpecs", 0, "template", "spec", "containers", 0, "imagePullPolicyy"),
+     "RayService"),
+    (("spec", "shutdownAfterJobFinish"), "RayJob"),
+    (("spec", "podMetricsEndpoint"), "PodMonitor"),
+])
+def test_unknown_fields_fail_validation(overlay, where, kind):
+    name, docs = overlay
+    found = by_kind(docs, kind)
+    if not found:
+        pytest.skip(f"no {kind} in {name}")
+    doc = json.loads(json.dumps(found[0]))
+    node = doc
+    for step in where[:-1]:
+        node = node[step]
+    node[where[-1]] = "x"
+    assert list(validator(kind).iter_errors(doc)), f"{'.'.join(map(str, where))} was accepted"
+
+
+def serve_config(service: dict) -> dict:
+    return yaml.safe_load(service["spec"]["serveConfigV2"])
+
+
+def test_serve_config_v2_is_a_valid_serve_config_for_our_app(overlay):
+    name, docs = overlay
+    (service,) = by_kind(docs, "RayService")
+    config = serve_config(service)
+    assert unknown_keys(config) == []  # Serve itself would silently ignore a misspelt key
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    assert app.import_path == "serve.app:build_app"
+    AppArgs(**app.args)
+    assert {d.name for d in app.deployments} == DEPLOYMENTS
+    assert schema.http_options.host == "0.0.0.0" and schema.http_options.port == 8000
+    classifier = next(d for d in app.deployments if d.name == "BatchedClassifier")
+    gpus = classifier.ray_actor_options.num_gpus
+    assert gpus == (1 if name == "gpu" else 0)
+    assert bool(by_kind_group(service, "gpu")) == (gpus > 0)
+    # Ingress and storage ask for the CPU group's custom resource, which that group offers.
+    cpu_group = by_kind_group(service, "cpu")
+    for deployment in app.deployments:
+        if deployment.name != "BatchedClassifier":
+            assert set(deployment.ray_actor_options.resources) <= set(cpu_group["resources"])
+
+
+def by_kind_group(service: dict, group: str) -> dict | None:
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return next((g for g in groups if g["groupName"] == group), None)
+
+
+def test_serve_config_blocks_are_generated_from_the_root_serve_config():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "kube_serve_config.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def containers(doc: dict) -> list[dict]:
+    spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+    groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_ray_versions_and_images_agree(overlay):
+    name, docs = overlay
+    base_tag = re.search(r"ARG RAY_IMAGE=rayproject/ray:([\d.]+)-", (K8S / "Dockerfile").read_text()).group(1)
+    assert base_tag == ray.__version__
+    images = set()
+    for doc in by_kind(docs, "RayService") + by_kind(docs, "RayJob"):
+        spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        assert spec["rayVersion"] == ray.__version__
+        images |= {c["image"] for c in containers(doc)}
+    assert len(images) == 1, images  # serving and training run one image
+    if name == "gpu":
+        assert images.pop().startswith("registry.example.org/cxr-serve:")
+
+
+def test_serving_cluster_shape_probes_shutdown_and_secrets(overlay):
+    name, docs = overlay
+    (service,) = by_kind(docs, "RayService")
+    spec = service["spec"]
+    cluster = spec["rayClusterConfig"]
+    assert spec["upgradeStrategy"]["type"] == "NewCluster"
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    graceful = max(d.get("graceful_shutdown_timeout_s", 20)
+                   for d in serve_config(service)["applications"][0]["deployments"])
+    for group in cluster["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        pod = group["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] > graceful + 30  # worst batch + drain
+        (container,) = pod["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"].startswith("/readyz")
+    gpu = by_kind_group(service, "gpu")
+    if gpu:
+        (container,) = gpu["template"]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert any(t["key"] == "nvidia.com/gpu" for t in gpu["template"]["spec"]["tolerations"])
+    for container in containers(service):
+        env = {e["name"]: e for e in container.get("env", [])}
+        if name == "gpu":
+            assert env["CXR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "cxr-mongodb", "key": "uri"}
+        else:
+            assert "CXR_MONGODB_URI" not in env  # the embedded database
+    assert "mongodb://" not in json.dumps(docs) and "mongodb+srv://" not in json.dumps(docs)
+
+
+def test_training_job_runs_cxr_train_with_flags_it_accepts(overlay):
+    _, docs = overlay
+    (job,) = by_kind(docs, "RayJob")
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    commands = [shlex.split(part) for part in job["spec"]["entrypoint"].split("&&")]
+    train = next(c for c in commands if c[:2] == ["cxr", "train"])
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_train_arguments(parser)
+    args = parser.parse_args(train[2:])
+    assert args.output_dir.startswith("/mnt/cxr/")  # the shared volume every pod mounts
+    mounts = {m["mountPath"] for c in containers(job) for m in c.get("volumeMounts", [])}
+    assert "/mnt/cxr" in mounts
+    (claim,) = by_kind(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "cxr-data"
+
+
+def test_overlays_have_a_readme_with_purpose_usage_and_warnings():
+    for name in OVERLAYS:
+        text = (K8S / "overlays" / name / "README.md").read_text()
+        for heading in ("**Purpose.**", "**Use.**", "**Do not.**"):
+            assert heading in text, f"{name}: {heading}"

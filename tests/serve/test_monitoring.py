@@ -1,0 +1,52 @@
+"""The Grafana dashboard and the alert rules only name series this app really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.serve.test_api import chest_png
+
+K8S = Path(__file__).resolve().parents[2] / "k8s" / "base"
+SERIES = re.compile(r"\b(ray_[a-z0-9_]+)\b")
+
+
+def queried_series() -> dict[str, set[str]]:
+    dashboard = json.loads((K8S / "grafana-dashboard.json").read_text())
+    rules = yaml.safe_load((K8S / "prometheusrule.yaml").read_text())
+    exprs = {"dashboard": [t["expr"] for p in dashboard["panels"] for t in p["targets"]],
+             "alerts": [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]}
+    return {where: {name for e in found for name in SERIES.findall(e)} for where, found in exprs.items()}
+
+
+def exported_series(text: str) -> set[str]:
+    return {line.split("{", 1)[0].split(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_dashboard_and_alerts_query_only_exported_series(service, mongo_server, ray_metrics_url):
+    wanted = queried_series()
+    assert len(wanted["dashboard"]) >= 10 and len(wanted["alerts"]) >= 4
+    # Traffic that makes every series exist: predictions, a rejection, a 404, a failed save.
+    for i in range(3):
+        assert service.predict(chest_png(300 + i), save="1").status_code == 200
+    service.predict(b"not an image")
+    service.http.get("/api/v1/predictions/no-such-id")
+    mongo_server.stop()
+    try:
+        assert service.predict(chest_png(310), save="1", request_id=uuid.uuid4().hex).json()["saved"] is False
+    finally:
+        mongo_server.start()
+    needed = wanted["dashboard"] | wanted["alerts"]
+    deadline, exported = time.monotonic() + 60, set()
+    while time.monotonic() < deadline:
+        exported = exported_series(httpx.get(ray_metrics_url, timeout=10).text)
+        if needed <= exported:
+            break
+        time.sleep(2)
+    assert not needed - exported, sorted(needed - exported)
