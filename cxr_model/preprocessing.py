@@ -64,6 +64,8 @@ def sniff_format(data: bytes) -> str | None:
         return "png"
     if data.startswith(_JPEG_MAGIC):
         return "jpeg"
+    if data[128:132] == b"DICM":  # after the 128-byte preamble
+        return "dicom"
     return None
 
 
@@ -73,7 +75,14 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("empty", "the file is empty")
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageDecodeError("not_an_image", "not a PNG or JPEG image")
+        raise ImageDecodeError("not_an_image", "not a PNG, JPEG or DICOM image")
+    if fmt == "dicom":
+        from cxr_model.dicom import DicomError, decode
+
+        try:
+            return decode(data, max_pixels)[0]
+        except DicomError as exc:
+            raise ImageDecodeError(exc.reason, str(exc)) from exc
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
     except Image.DecompressionBombError as exc:

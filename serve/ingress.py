@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cxr_model.preprocessing import sniff_format
 from serve.inputs import InputError, validate_patient_id
 from serve.pages import Pages
 from serve.settings import ServeSettings
@@ -106,7 +107,7 @@ class Ingress:
         data = await self.store.image.remote(request.path_params["prediction_id"], kind)
         if data is None:
             return JSONResponse({"error": {"code": "not_found", "message": "no such image"}}, 404)
-        media = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+        media = {"jpeg": "image/jpeg", "dicom": "application/dicom"}.get(sniff_format(data), "image/png")
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
     async def patient_predictions(self, request: Request) -> Response:

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_image, resize_levels
+from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_image, resize_levels, sniff_format
 
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 
 # ImageDecodeError.reason -> HTTP status
-_DECODE_STATUS = {"empty": 400, "not_an_image": 415, "truncated": 422, "too_many_pixels": 413}
+_DECODE_STATUS = {"empty": 400, "not_an_image": 415, "truncated": 422, "too_many_pixels": 413,
+                  "dicom_unsupported_syntax": 415, "dicom_no_pixels": 422, "dicom_modality": 422,
+                  "dicom_not_chest": 422, "dicom_not_greyscale": 422}
 
 
 class InputError(ValueError):
@@ -68,3 +70,16 @@ def model_levels(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     more CPU per request than decoding the PNG does.
     """
     return resize_levels(image, spec.input_size)[None]
+
+
+def dicom_patient_id(data: bytes | None) -> str | None:
+    """Patient ID from a DICOM upload's header (used when the form leaves it empty).
+
+    Read even when the file is refused for other reasons, so that the answer names the real
+    problem (say, a CT) rather than a missing patient ID.
+    """
+    if not data or sniff_format(data) != "dicom":
+        return None
+    from cxr_model.dicom import header_patient_id
+
+    return header_patient_id(data)

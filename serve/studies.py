@@ -19,9 +19,12 @@ from starlette.requests import Request
 
 from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, to_png
 from cxr_model.checkpoint import ModelCard
+from cxr_model.dicom import zero_preamble
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.labels import MULTICLASS
-from serve.inputs import InputError, decode_upload, model_levels, validate_patient_id, validate_request_id
+from serve.inputs import (
+    InputError, decode_upload, dicom_patient_id, model_levels, validate_patient_id, validate_request_id,
+)
 from serve.settings import ServeSettings
 from serve.store import now
 
@@ -98,7 +101,8 @@ def flag(value) -> bool:
 def check_inputs(fields: dict, data: bytes | None, max_pixels: int, filename: str | None = None) -> StudyInputs:
     """All of a study's fields, validated; ``InvalidStudy`` lists every problem (patient ID first)."""
     errors, values = [], {}
-    checks = [("patient_id", lambda: validate_patient_id(fields.get("patient_id"))),
+    form_patient = (fields.get("patient_id") or "").strip()
+    checks = [("patient_id", lambda: validate_patient_id(form_patient or dicom_patient_id(data))),
               ("request_id", lambda: validate_request_id(fields.get("request_id")) or uuid.uuid4().hex),
               ("explain", lambda: _explain(fields.get("explain", ""))),
               ("image", lambda: _decode(data, max_pixels))]
@@ -156,7 +160,7 @@ class Prediction:
     def stored_images(self) -> dict[str, bytes]:
         # Drawn and encoded only when stored: PNG encoding is the costliest CPU work after the
         # model, and plain predictions should not pay for it.
-        images = {"original": self.inputs.data, "annotated": to_png(self.annotated())}
+        images = {"original": zero_preamble(self.inputs.data), "annotated": to_png(self.annotated())}
         if self.heatmap is not None:
             images["gradcam"] = to_png(self.gradcam())
         return images

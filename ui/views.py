@@ -26,15 +26,20 @@ FORM_FIELDS = ("patient_id", "image")
 
 # API error codes in the words a clinician reads next to the field; unknown codes keep the API text.
 FIELD_MESSAGES = {
-    "missing_patient_id": "Enter the patient ID.",
+    "missing_patient_id": "Enter the patient ID (a DICOM file's own Patient ID is used when left empty).",
     "bad_patient_id": "Use only letters, digits, '.', '_' or '-' in the patient ID (up to 64, starting with a "
                       "letter or digit).",
     "missing_image": "Choose the chest X-ray image file.",
-    "not_an_image": "This file is not a PNG or JPEG image. Choose the X-ray image file.",
+    "not_an_image": "This file is not a PNG, JPEG or DICOM image. Choose the X-ray image file.",
     "empty": "This file is empty. Choose the X-ray image file.",
     "truncated": "This image file is incomplete (truncated). Export it again and retry.",
     "too_large": "This file is larger than the upload limit.",
     "too_many_pixels": "This image has more pixels than the service accepts.",
+    "dicom_no_pixels": "This DICOM file holds no image.",
+    "dicom_modality": "This DICOM file is not a radiograph (CR or DX).",
+    "dicom_not_chest": "The DICOM header names another body part, not the chest.",
+    "dicom_unsupported_syntax": "This DICOM file's compression cannot be decoded here. Export it uncompressed.",
+    "dicom_not_greyscale": "This DICOM image is not greyscale.",
 }
 
 

@@ -150,3 +150,38 @@ def test_model_card_health_and_readiness(service):
     assert service.http.get("/readyz", params={"checks": "database"}).json()["checks"] == {"database": True}
     bad = service.http.get("/readyz", params={"checks": "model,$where"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_checks"
+
+
+def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(service, db):
+    from tests.conftest import make_dicom
+
+    pixels = (render_chest("Normal", np.random.default_rng(7)) * 4095).astype(np.uint16)
+    data = make_dicom(pixels, bits_stored=12, photometric="MONOCHROME1", patient_id="DCM-HDR-1",
+                      preamble=b"\x89PNG" + b"\x41" * 124)
+    response = service.http.post("/api/v1/predictions", data={"save": "1"},
+                                 files={"image": ("scan.png", data, "image/png")})  # name and type ignored
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["patient_id"] == "DCM-HDR-1" and body["saved"] is True
+    original = service.http.get(f"/api/v1/predictions/{body['prediction_id']}/image?kind=original")
+    assert original.headers["content-type"] == "application/dicom"
+    assert original.content[:128] == bytes(128) and original.content[128:] == data[128:]
+    # The form's patient ID wins over the header's.
+    assert service.predict(data, patient_id="P-FORM-1", filename="x.dcm").json()["patient_id"] == "P-FORM-1"
+
+
+@pytest.mark.parametrize("change,status,code", [
+    ({"modality": "CT"}, 422, "dicom_modality"),
+    ({"body_part": "ABDOMEN"}, 422, "dicom_not_chest"),
+    ({"syntax": "1.2.840.10008.1.2.4.100"}, 415, "dicom_unsupported_syntax"),
+    ({"patient_id": "Doe^John"}, 400, "bad_patient_id"),  # the header's ID is validated like a typed one
+])
+def test_bad_dicom_uploads_get_their_4xx_and_store_nothing(service, db, change, status, code):
+    from tests.conftest import make_dicom
+
+    before = stored_counts(db)
+    data = make_dicom(np.full((32, 32), 2000, np.uint16), bits_stored=12, **change)
+    response = service.http.post("/api/v1/predictions", data={"save": "1"},
+                                 files={"image": ("scan.dcm", data, "application/dicom")})
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    assert stored_counts(db) == before

@@ -154,7 +154,7 @@ def test_errors_show_next_to_their_field_and_the_chosen_file_survives(browser, s
             {"name": "notes.png", "mimeType": "image/png", "buffer": b"these are my notes, not an X-ray"})
         s.page.get_by_role("button", name="Predict").click()
         image_error = s.page.locator(".field:has(#image) .field-error")
-        image_error.filter(has_text="not a PNG or JPEG image").wait_for()
+        image_error.filter(has_text="not a PNG, JPEG or DICOM image").wait_for()
         expect(s.page.locator("#image")).to_have_attribute("aria-invalid", "true")
         assert s.page.locator("#patient_id-error").inner_text() == ""
         s.shot("not-an-image")

@@ -100,8 +100,8 @@ def test_htmx_errors_are_swapped_next_to_each_field_and_store_nothing(service, d
     assert response.status_code == 415  # the most specific problem sets the status
     html = response.text
     assert not is_full_page(html) and 'role="alert"' in html
-    assert re.search(r'id="patient_id-error"[^>]*hx-swap-oob="true">Enter the patient ID.<', html)
-    assert re.search(r'id="image-error"[^>]*hx-swap-oob="true">This file is not a PNG or JPEG image', html)
+    assert re.search(r'id="patient_id-error"[^>]*hx-swap-oob="true">Enter the patient ID', html)
+    assert re.search(r'id="image-error"[^>]*hx-swap-oob="true">This file is not a PNG, JPEG or DICOM image', html)
     assert stored_counts(db) == before
 
 
@@ -117,7 +117,7 @@ def test_plain_post_error_keeps_the_chosen_file_for_the_next_attempt(service, db
     request_id = uuid.uuid4().hex
     failed = post_study(service, chest_png(44), filename="chest-44.png", patient_id="", request_id=request_id)
     assert failed.status_code == 400 and is_full_page(failed.text)
-    assert "Enter the patient ID." in failed.text and "Using chest-44.png" in failed.text
+    assert "Enter the patient ID" in failed.text and "Using chest-44.png" in failed.text
     assert f'value="{request_id}"' in failed.text
     # The clinician fixes the patient ID only; the file input is empty on a re-rendered page.
     retried = post_study(service, None, patient_id="P-PAGE-KEPT", request_id=request_id, save="1")

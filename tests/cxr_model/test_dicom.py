@@ -1,0 +1,105 @@
+"""DICOM radiographs from small generated files of each kind (pydicom writes them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr_model.dicom import decode, is_dicom, read_header, zero_preamble
+from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_image, preprocess, sniff_format
+from tests.conftest import make_dicom
+
+MAX = 50_000_000
+
+
+def ramp(bits: int, shape=(48, 64)) -> np.ndarray:
+    """Left-to-right ramp over the whole stored range, so orientation and contrast are checkable."""
+    top = 2 ** bits - 1
+    row = np.linspace(0, top, shape[1]).round()
+    return np.tile(row, (shape[0], 1)).astype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def left_right(image) -> tuple[float, float]:
+    arr = np.asarray(image, dtype=np.float64)
+    return arr[:, 0].mean(), arr[:, -1].mean()
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_monochrome2_at_each_bit_depth_keeps_bright_where_values_are_high(bits):
+    image, header = decode(make_dicom(ramp(bits), bits_stored=bits), MAX)
+    assert image.mode in ("I;16", "I;16L", "I;16N") and image.size == (64, 48)
+    left, right = left_right(image)
+    assert left == 0 and right == 65535
+    assert header.bits_stored == bits and header.photometric == "MONOCHROME2"
+
+
+def test_monochrome1_is_inverted():
+    plain, _ = decode(make_dicom(ramp(12), bits_stored=12), MAX)
+    inverted, _ = decode(make_dicom(ramp(12), bits_stored=12, photometric="MONOCHROME1"), MAX)
+    assert np.array_equal(np.asarray(plain, np.int64) + np.asarray(inverted, np.int64), np.full((48, 64), 65535))
+
+
+def test_rescale_slope_and_intercept_are_applied():
+    flipped, _ = decode(make_dicom(ramp(12), bits_stored=12, slope=-1.0, intercept=4095.0), MAX)
+    left, right = left_right(flipped)
+    assert left == 65535 and right == 0  # a negative slope turns the ramp round
+
+
+def test_a_narrow_window_saturates_outside_it():
+    wide, _ = decode(make_dicom(ramp(12), bits_stored=12), MAX)
+    narrow, _ = decode(make_dicom(ramp(12), bits_stored=12, window=(2048, 512)), MAX)
+    saturated = lambda im: np.isin(np.asarray(im), (0, 65535)).mean()  # noqa: E731
+    assert saturated(narrow) > 0.6 > saturated(wide)
+
+
+def test_rle_compressed_decodes_like_uncompressed():
+    plain, _ = decode(make_dicom(ramp(16), bits_stored=16), MAX)
+    rle, header = decode(make_dicom(ramp(16), bits_stored=16, rle=True), MAX)
+    assert header.transfer_syntax == "1.2.840.10008.1.2.5"
+    assert np.array_equal(np.asarray(plain), np.asarray(rle))
+
+
+def test_type_comes_from_magic_bytes_and_the_preamble_is_zeroed_for_storage():
+    data = make_dicom(ramp(8), bits_stored=8, preamble=b"MZ" + b"\x90" * 126)
+    assert sniff_format(data) == "dicom" and is_dicom(data)
+    stored = zero_preamble(data)
+    assert stored[:128] == bytes(128) and stored[128:] == data[128:]
+    assert zero_preamble(b"\x89PNG\r\n\x1a\n....") == b"\x89PNG\r\n\x1a\n...."
+    # The whole serving/training path takes DICOM like PNG.
+    x = preprocess(data, PreprocessSpec(input_size=32))
+    assert x.shape == (3, 32, 32) and torch_finite(x)
+
+
+def torch_finite(x) -> bool:
+    return bool(x.isfinite().all())
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"with_pixels": False}, "dicom_no_pixels"),
+    ({"modality": "CT"}, "dicom_modality"),
+    ({"body_part": "KNEE"}, "dicom_not_chest"),
+    ({"syntax": "1.2.840.10008.1.2.4.100"}, "dicom_unsupported_syntax"),  # MPEG2: no decoder
+    ({"declared_shape": (60_000, 60_000)}, "too_many_pixels"),
+    ({"photometric": "RGB"}, "dicom_not_greyscale"),
+])
+def test_header_problems_are_refused_before_any_pixel_is_decoded(change, reason):
+    data = make_dicom(ramp(12), bits_stored=12, **change)
+    with pytest.raises(ImageDecodeError) as caught:
+        open_image(data, MAX)
+    assert caught.value.reason == reason
+    if reason != "dicom_no_pixels":
+        from cxr_model.dicom import DicomError
+        with pytest.raises(DicomError):
+            read_header(data, MAX)
+
+
+def test_missing_body_part_is_accepted_and_truncated_pixels_are_refused():
+    data = make_dicom(ramp(12), bits_stored=12, body_part=None)
+    assert read_header(data, MAX).body_part is None and open_image(data, MAX).size == (64, 48)
+    with pytest.raises(ImageDecodeError) as caught:
+        open_image(data[:-2000], MAX)
+    assert caught.value.reason in ("truncated", "not_an_image")
+
+
+def test_header_patient_id_is_read():
+    assert read_header(make_dicom(ramp(8), bits_stored=8, patient_id="DCM-4711"), MAX).patient_id == "DCM-4711"
