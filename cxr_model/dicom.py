@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from cxr_model.preprocessing import ImageDecodeError
+
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 MODALITIES = {"CR", "DX"}  # computed and digital radiography
@@ -23,12 +25,8 @@ CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "CHEST_LAT", "PORT CHEST", "PORTABLE C
 PREAMBLE = 128
 
 
-class DicomError(ValueError):
-    """``reason`` is one of the stable codes in preprocessing's ImageDecodeError."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+class DicomError(ImageDecodeError):
+    """A DICOM file refused, with a stable ``reason`` code like any other undecodable upload."""
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if fmt is None:
         raise ImageDecodeError("not_an_image", "not a PNG, JPEG or DICOM image")
     if fmt == "dicom":
-        from cxr_model.dicom import DicomError, decode
+        from cxr_model.dicom import decode  # its DicomError is an ImageDecodeError
 
-        try:
-            return decode(data, max_pixels)[0]
-        except DicomError as exc:
-            raise ImageDecodeError(exc.reason, str(exc)) from exc
+        return decode(data, max_pixels)[0]
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
     except Image.DecompressionBombError as exc:
