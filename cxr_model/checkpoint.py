@@ -47,6 +47,10 @@ class ModelCard:
     weights_sha256: str = ""
     created_at: str = ""
     code_version: str = ""
+    # Temperature scaling fitted on the validation split: probabilities = f(logits / T).
+    calibration_temperature: float = 1.0
+    # A single-label prediction whose (calibrated) top probability is below this is flagged.
+    low_confidence_below: float = 0.6
     intended_use: str = "Decision support for chest radiograph triage; not for diagnostic use."
     synthetic_demo: bool = False
     schema_version: int = CARD_SCHEMA_VERSION

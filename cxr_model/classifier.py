@@ -22,10 +22,23 @@ def resolve_device(choice: str = "auto") -> torch.device:
     return device
 
 
-def probabilities_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Softmax for single-label tasks, independent sigmoids for multi-label ones."""
-    logits = logits.float()
+def probabilities_from_logits(logits: torch.Tensor, task: str, temperature: float = 1.0) -> torch.Tensor:
+    """Softmax for single-label tasks, independent sigmoids for multi-label ones, of logits / T."""
+    logits = logits.float() / float(temperature)
     return torch.softmax(logits, dim=1) if task == MULTICLASS else torch.sigmoid(logits)
+
+
+# A multi-label probability this close to its threshold is a coin toss.
+MULTILABEL_MARGIN = 0.1
+
+
+def low_confidence(probabilities, card: ModelCard) -> bool:
+    """True when a clinician should not lean on this prediction (shown and stored as such)."""
+    row = np.asarray(probabilities, dtype=np.float64)
+    if card.task == MULTICLASS:
+        return bool(row.max() < card.low_confidence_below)
+    thresholds = np.asarray(card.thresholds or [0.5] * len(row), dtype=np.float64)
+    return bool((np.abs(row - thresholds) < MULTILABEL_MARGIN).any())
 
 
 def positive_labels(probabilities: np.ndarray, card: ModelCard) -> list[list[str]]:
@@ -81,7 +94,8 @@ class Classifier:
 
     def predict_batch(self, tensors) -> np.ndarray:
         """[N, 3, S, S] preprocessed inputs (or a list of [3, S, S]) -> [N, labels] probabilities."""
-        return probabilities_from_logits(self.predict_logits(tensors), self.task).numpy()
+        return probabilities_from_logits(self.predict_logits(tensors), self.task,
+                                         self.card.calibration_temperature).numpy()
 
     def positives(self, probabilities: np.ndarray) -> list[list[str]]:
         return positive_labels(probabilities, self.card)

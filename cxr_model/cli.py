@@ -15,15 +15,24 @@ from importlib import metadata
 
 
 def register_model_card(subparsers) -> None:
-    parser = subparsers.add_parser("model-card", help="print a checkpoint's model card")
+    parser = subparsers.add_parser("model-card", help="a checkpoint's model card as MODEL_CARD.md (or JSON)")
     parser.add_argument("checkpoint", help="checkpoint directory")
+    parser.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    parser.add_argument("--out", help="write here instead of printing (e.g. CHECKPOINT/MODEL_CARD.md)")
     parser.set_defaults(func=_model_card)
 
 
 def _model_card(args) -> int:
     from cxr_model.checkpoint import read_card
+    from cxr_model.model_card_md import render_model_card
 
-    print(json.dumps(read_card(args.checkpoint).to_dict(), indent=2, sort_keys=True))
+    card = read_card(args.checkpoint)
+    text = json.dumps(card.to_dict(), indent=2, sort_keys=True) if args.format == "json" else render_model_card(card)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+    else:
+        print(text)
     return 0
 
 

@@ -87,7 +87,7 @@ class OnnxClassifier:
         if batch.dim() == 3:
             batch = batch.unsqueeze(0)
         logits = self.session.run(None, {"input": batch.float().contiguous().numpy()})[0]
-        return probabilities_from_logits(torch.from_numpy(logits), self.task).numpy()
+        return probabilities_from_logits(torch.from_numpy(logits), self.task, self.card.calibration_temperature).numpy()
 
     def positives(self, probabilities: np.ndarray) -> list[list[str]]:
         return positive_labels(probabilities, self.card)

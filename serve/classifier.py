@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from cxr_model.checkpoint import load_network
-from cxr_model.classifier import Classifier, resolve_device
+from cxr_model.classifier import Classifier, low_confidence, resolve_device
 from cxr_model.gradcam import gradcam
 from cxr_model.onnx_runtime import OnnxClassifier, onnx_export_matches
 from cxr_model.preprocessing import levels_to_unit, normalize
@@ -38,6 +38,8 @@ def model_info(card, runtime: str) -> dict:
         "labels": list(card.labels), "thresholds": list(card.thresholds),
         "weights_sha256": card.weights_sha256, "preprocessing_version": card.preprocess_spec.version,
         "input_size": card.preprocess_spec.input_size, "synthetic_demo": card.synthetic_demo,
+        "calibration_temperature": card.calibration_temperature, "low_confidence_below": card.low_confidence_below,
+        "code_version": card.code_version,
     }
 
 
@@ -133,7 +135,8 @@ class BatchedClassifier:
             self.batch_sizes.observe(len(good))
             info = model_info(classifier.card, served.runtime)
             for row, i in zip(probs, good):
-                results[i] = {"probabilities": [float(p) for p in row], "model": info, "batch_size": len(good)}
+                results[i] = {"probabilities": [float(p) for p in row], "low_confidence": low_confidence(row, classifier.card),
+                              "model": info, "batch_size": len(good)}
         return results
 
     async def explain(self, gray: np.ndarray, target: int | None = None) -> dict:

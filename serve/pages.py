@@ -71,6 +71,7 @@ def result_view(prediction: Prediction, saved: dict | None = None, can_save: boo
     return {
         "patient_id": prediction.inputs.patient_id, "request_id": prediction.inputs.request_id,
         "top_label": prediction.top_label, "confidence": prediction.confidence,
+        "low_confidence": prediction.low_confidence,
         "rows": probability_rows(prediction.probabilities, model["labels"], model.get("thresholds"),
                                  prediction.positives),
         "model": model, "annotated_src": data_uri(_jpeg(prediction.annotated(display)), "image/jpeg"),

@@ -37,7 +37,10 @@ PREDICTION_SCHEMA = {
         "top_label": {"bsonType": "string"},
         "confidence": {"bsonType": "double", "minimum": 0, "maximum": 1},
         "positives": {"bsonType": "array"},
-        "model": {"bsonType": "object", "required": ["name", "version", "weights_sha256", "preprocessing_version"]},
+        "low_confidence": {"bsonType": "bool"},
+        # Traceability: which weights, preprocessing, thresholds and calibration produced this record.
+        "model": {"bsonType": "object", "required": ["name", "version", "weights_sha256", "preprocessing_version",
+                                                     "thresholds", "calibration_temperature", "code_version"]},
         "files": {"bsonType": "object", "required": ["original", "annotated"]},
     },
 }

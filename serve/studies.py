@@ -137,6 +137,7 @@ class Prediction:
     positives: list[str]
     model: dict
     batch_size: int
+    low_confidence: bool = False
     timings_ms: dict = field(default_factory=dict)
     heatmap: np.ndarray | None = None
     gradcam_label: str | None = None
@@ -155,7 +156,8 @@ class Prediction:
     def record(self) -> dict:
         return {"request_id": self.inputs.request_id, "patient_id": self.inputs.patient_id,
                 "probabilities": self.probabilities, "top_label": self.top_label, "confidence": self.confidence,
-                "positives": self.positives, "model": self.model, "created_at": now()}
+                "positives": self.positives, "low_confidence": self.low_confidence, "model": self.model,
+                "created_at": now()}
 
     def stored_images(self) -> dict[str, bytes]:
         # Drawn and encoded only when stored: PNG encoding is the costliest CPU work after the
@@ -168,8 +170,8 @@ class Prediction:
     def api_body(self) -> dict:
         body = {"request_id": self.inputs.request_id, "patient_id": self.inputs.patient_id,
                 "probabilities": self.probabilities, "top_label": self.top_label, "confidence": self.confidence,
-                "positives": self.positives, "model": self.model, "batch_size": self.batch_size,
-                "saved": False, "prediction_id": None}
+                "positives": self.positives, "low_confidence": self.low_confidence, "model": self.model,
+                "batch_size": self.batch_size, "saved": False, "prediction_id": None}
         if self.gradcam_label is not None:
             body["gradcam_label"] = self.gradcam_label
         return body
@@ -236,7 +238,7 @@ class StudyService:
             positives = [n for n, t in zip(model["labels"], model["thresholds"]) if probabilities[n] >= t]
         self.predictions.inc(tags={"label": top_label, "model_version": model["version"]})
         prediction = Prediction(inputs, probabilities, top_label, positives, model, result["batch_size"],
-                                {"decode": round((decoded - started) * 1000, 2),
+                                bool(result.get("low_confidence", False)), {"decode": round((decoded - started) * 1000, 2),
                                  "inference": round((inferred - decoded) * 1000, 2)})
         if inputs.explain:
             cam = await self.classifier.explain.remote(gray)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxr_model.checkpoint import load_checkpoint
-from cxr_model.classifier import Classifier
+from cxr_model.classifier import Classifier, low_confidence, probabilities_from_logits
 from cxr_model.labels import MULTICLASS, LabelSet
 from training.data import ManifestDataset
 from training.metrics import accuracy, bootstrap_ci, classification_metrics, macro_f1, predict_labels
@@ -24,14 +24,15 @@ from training.plots import plot_confusion_matrix, plot_reliability, plot_roc
 
 
 def predict_entries(model, card, root: Path, entries: list[dict], batch_size: int = 32,
-                    loader_workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and encoded targets for manifest entries, through the shared preprocessing."""
+                    loader_workers: int = 2, logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (or raw logits) and encoded targets for manifest entries, through the shared
+    preprocessing."""
     classifier = model if isinstance(model, Classifier) else Classifier(model, card)
     loader = DataLoader(ManifestDataset(root, entries, card.label_set, card.preprocess_spec),
                         batch_size=batch_size, num_workers=loader_workers)
     probs, targets = [], []
     for x, y in loader:
-        probs.append(classifier.predict_batch(x))
+        probs.append(classifier.predict_logits(x).numpy() if logits else classifier.predict_batch(x))
         targets.append(y.numpy())
     return np.concatenate(probs), np.concatenate(targets)
 
@@ -66,7 +67,11 @@ def _write_markdown(path: Path, report: dict) -> None:
         f"| accuracy | {fmt(report['accuracy'])} | {fmt(report['accuracy_ci95'][0])} - {fmt(report['accuracy_ci95'][1])} |",
         f"| macro-F1 | {fmt(report['macro_f1'])} | {fmt(report['macro_f1_ci95'][0])} - {fmt(report['macro_f1_ci95'][1])} |",
         f"| macro ROC-AUC | {fmt(report['macro_roc_auc'])} | |",
-        f"| ECE (15 bins) | {fmt(report['ece'])} | |",
+        f"| ECE (15 bins), calibrated | {fmt(report['ece'])} | |",
+        f"| ECE (15 bins), before temperature scaling | {fmt(report['calibration']['ece_before'])} | |",
+        f"| flagged low confidence | {fmt(report['low_confidence_rate'])} | |",
+        "",
+        f"Temperature scaling: T = {report['calibration']['temperature']:.3f}, fitted on the validation split.",
         "",
         "| label | precision | recall | F1 | support | ROC-AUC |",
         "|---|---|---|---|---|---|",
@@ -103,7 +108,9 @@ def write_report(out_dir: Path, report: dict, entries: list[dict], probs: np.nda
                              int(true_names == pred_names), *[f"{p:.6f}" for p in row]])
     plot_confusion_matrix(report["confusion_matrix"], label_set, out_dir / "confusion_matrix.png")
     plot_roc(y_true, probs, label_set, out_dir / "roc.png")
-    plot_reliability(report["calibration_bins"], report["ece"], out_dir / "reliability.png")
+    calibration = report["calibration"]
+    plot_reliability(report["calibration_bins"], report["ece"], out_dir / "reliability.png",
+                     before=(calibration["bins_before"], calibration["ece_before"]))
 
 
 def evaluate_checkpoint(checkpoint: str | Path, root: Path, entries: list[dict], out_dir: str | Path,
@@ -111,8 +118,14 @@ def evaluate_checkpoint(checkpoint: str | Path, root: Path, entries: list[dict],
     classifier = load_checkpoint(checkpoint)
     card = classifier.card
     with torch.inference_mode():
-        probs, y_true = predict_entries(classifier, card, root, entries, batch_size)
+        logits, y_true = predict_entries(classifier, card, root, entries, batch_size, logits=True)
+    scores = torch.from_numpy(logits)
+    probs = probabilities_from_logits(scores, card.task, card.calibration_temperature).numpy()
+    before = classification_metrics(y_true, probabilities_from_logits(scores, card.task).numpy(), card.label_set)
     report = build_report(y_true, probs, card.label_set, n_resamples)
+    report["calibration"] = {"temperature": card.calibration_temperature, "ece_before": before["ece"],
+                             "ece_after": report["ece"], "bins_before": before["calibration_bins"]}
+    report["low_confidence_rate"] = float(np.mean([low_confidence(row, card) for row in probs])) if len(probs) else 0.0
     report["split"] = split_name
     report["model"] = {"name": card.name, "version": card.version, "weights_sha256": card.weights_sha256,
                        "preprocessing_version": card.preprocess_spec.version,

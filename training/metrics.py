@@ -129,3 +129,25 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> list[float]:
         scores = [f1_score(y_true[:, k], probs[:, k] >= t, zero_division=0) for t in candidates]
         thresholds.append(float(candidates[int(np.argmax(scores))]))
     return thresholds
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, task: str) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising validation NLL of f(logits / T).
+
+    One scalar, so the ranking of labels (and accuracy, ROC-AUC) is unchanged; only how far
+    the probabilities lean is corrected.
+    """
+    import torch
+    from scipy.optimize import minimize_scalar
+
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(y_true)
+
+    def nll(log_t: float) -> float:
+        scaled = z / float(np.exp(log_t))
+        if task == MULTICLASS:
+            return float(torch.nn.functional.cross_entropy(scaled, y.long()))
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(scaled, y.double()))
+
+    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(best.x))

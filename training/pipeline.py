@@ -28,7 +28,9 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from cxr_model.checkpoint import CARD_FILE, ModelCard, load_network, save_checkpoint
+from cxr_model.checkpoint import CARD_FILE, ModelCard, load_network, read_card, save_checkpoint
+from cxr_model.model_card_md import render_model_card
+from cxr_model.classifier import probabilities_from_logits
 from cxr_model.labels import MULTILABEL
 from cxr_model.network import build_model
 from cxr_model.preprocessing import PreprocessSpec
@@ -36,7 +38,7 @@ from training.config import TrainConfig, save_config
 from training.datasets import scan_dataset
 from training.evaluate import evaluate_checkpoint, predict_entries
 from training.loop import TRAIN_STATE_FILE, train_stage_loop
-from training.metrics import tune_thresholds
+from training.metrics import classification_metrics, fit_temperature, tune_thresholds
 from training.plots import plot_training_curves
 from training.splits import build_manifest, load_manifest, save_manifest, split_entries
 
@@ -131,9 +133,17 @@ def run_stage(cfg: TrainConfig, stage: str, init: Path, out: Path) -> Path:
 def finalize(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
     """Final checkpoint from stage 2's best: thresholds tuned (multilabel), test report written."""
     model, card = load_network(out / "stage2" / "best")
+    logits, y_true = predict_entries(model, card, Path(manifest["root"]), split_entries(manifest, "val"),
+                                     cfg.eval_batch_size, logits=True)
+    # Calibrate first: multi-label thresholds are tuned on the probabilities that will be served.
+    card.calibration_temperature = fit_temperature(logits, y_true, card.task)
+    probs = probabilities_from_logits(torch.from_numpy(logits), card.task, card.calibration_temperature).numpy()
+    card.metrics["calibration"] = {
+        "method": "temperature scaling on the validation split", "temperature": card.calibration_temperature,
+        "val_ece_before": classification_metrics(
+            y_true, probabilities_from_logits(torch.from_numpy(logits), card.task).numpy(), card.label_set)["ece"],
+        "val_ece_after": classification_metrics(y_true, probs, card.label_set)["ece"]}
     if card.task == MULTILABEL:
-        probs, y_true = predict_entries(model, card, Path(manifest["root"]), split_entries(manifest, "val"),
-                                        cfg.eval_batch_size)
         card.thresholds = tune_thresholds(y_true, probs)
     final = out / "checkpoint"
     card.created_at = ""
@@ -143,10 +153,12 @@ def finalize(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
         report = evaluate_checkpoint(final, Path(manifest["root"]), test, out / "evaluation",
                                      batch_size=cfg.eval_batch_size, split_name="test")
         card.metrics["test"] = {k: report[k] for k in ("n", "accuracy", "accuracy_ci95", "macro_f1",
-                                                       "macro_f1_ci95", "macro_roc_auc", "ece")}
+                                                       "macro_f1_ci95", "macro_roc_auc", "ece", "low_confidence_rate")}
+        card.metrics["test"]["ece_before_calibration"] = report["calibration"]["ece_before"]
         card.created_at = ""
         save_checkpoint(model, card, final)
     save_config(cfg, final / "config.yaml")
+    (final / "MODEL_CARD.md").write_text(render_model_card(read_card(final)))
     return final
 
 

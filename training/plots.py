@@ -66,8 +66,12 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet, path: P
     _save(fig, path)
 
 
-def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
+def plot_reliability(bins: list[dict], ece: float, path: Path, before: tuple[list[dict], float] | None = None) -> None:
+    """Calibrated reliability bars; with ``before`` also the uncalibrated curve, for comparison."""
     fig, ax = plt.subplots(figsize=(5, 5))
+    if before and before[0]:
+        ax.plot([b["confidence"] for b in before[0]], [b["accuracy"] for b in before[0]], "s-", color="tab:red",
+                markersize=3, linewidth=1, label=f"before temperature scaling (ECE {before[1]:.3f})")
     if bins:
         centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
         width = bins[0]["upper"] - bins[0]["lower"]

@@ -94,7 +94,11 @@ def card_summary(model: dict) -> list[tuple[str, str]]:
     fields = [("Model", model.get("name")), ("Version", model.get("version")),
               ("Backbone", model.get("backbone")), ("Task", model.get("task")),
               ("Weights sha256", short_hash(model.get("weights_sha256"))),
-              ("Preprocessing", model.get("preprocessing_version")), ("Runtime", model.get("runtime"))]
+              ("Preprocessing", model.get("preprocessing_version")),
+              ("Calibration temperature", f"{model['calibration_temperature']:.3f}"
+               if model.get("calibration_temperature") is not None else None),
+              ("Thresholds", ", ".join(f"{t:.2f}" for t in model["thresholds"]) if model.get("thresholds") else None),
+              ("Code version", model.get("code_version")), ("Runtime", model.get("runtime"))]
     return [(k, str(v)) for k, v in fields if v]
 
 

@@ -81,3 +81,26 @@ def test_multilabel_checkpoint_uses_sigmoid_and_per_label_thresholds(tmp_path):
     positives = classifier.positives(probs)[0]
     expected = ["Atelectasis"] + [n for n, p in zip(NIH14, probs[0]) if p >= 0.5]
     assert positives == list(dict.fromkeys(expected))
+
+
+def test_served_probabilities_use_the_cards_temperature_and_flag_low_confidence(tmp_path):
+    import torch
+
+    from cxr_model.checkpoint import load_checkpoint, save_checkpoint
+    from cxr_model.classifier import low_confidence
+    from cxr_model.network import build_model
+    from tests.conftest import make_card
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4, "none")
+    save_checkpoint(model, make_card(backbone="resnet18"), tmp_path / "t1")
+    save_checkpoint(model, make_card(backbone="resnet18", calibration_temperature=4.0), tmp_path / "t4")
+    x = torch.randn(3, 3, 64, 64)
+    sharp, soft = (load_checkpoint(tmp_path / d, device="cpu").predict_batch(x) for d in ("t1", "t4"))
+    assert (sharp.argmax(1) == soft.argmax(1)).all()
+    assert (soft.max(1) < sharp.max(1)).all()  # a higher temperature softens, never reorders
+    card = make_card(low_confidence_below=0.6)
+    assert low_confidence([0.5, 0.3, 0.1, 0.1], card) and not low_confidence([0.7, 0.1, 0.1, 0.1], card)
+    multilabel = make_card(task="multilabel", thresholds=[0.5, 0.3, 0.5, 0.5])
+    assert low_confidence([0.9, 0.35, 0.0, 0.1], multilabel)  # 0.35 is within 0.1 of its 0.3 threshold
+    assert not low_confidence([0.9, 0.8, 0.0, 0.1], multilabel)

@@ -55,3 +55,42 @@ def test_multilabel_metrics_and_thresholds():
     assert np.array(m["confusion_matrix"]).shape == (2, 2, 2)
     tuned = tune_thresholds(y, p)
     assert tuned[1] <= 0.2  # catching both Mass cases needs a threshold at or below 0.2
+
+
+def _overconfident(task: str, n: int = 4000, scale: float = 3.0, seed: int = 0):
+    """Labels drawn from softmax/sigmoid(z), logits reported as scale * z: a model overconfident by `scale`."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, 4))
+    if task == "multiclass":
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        y = np.array([rng.choice(4, p=row) for row in p])
+    else:
+        y = (rng.random((n, 4)) < 1 / (1 + np.exp(-z))).astype(int)
+    return scale * z, y
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_temperature_scaling_recovers_the_overconfidence_factor(task):
+    from training.metrics import fit_temperature
+
+    logits, y = _overconfident(task)
+    temperature = fit_temperature(logits, y, task)
+    assert 2.6 < temperature < 3.4
+    calibrated, _ = _overconfident(task, scale=1.0)
+    assert abs(fit_temperature(calibrated, y, task) - 1.0) < 0.15
+
+
+def test_temperature_scaling_lowers_ece_and_keeps_the_ranking():
+    import torch
+
+    from cxr_model.classifier import probabilities_from_logits
+    from cxr_model.labels import COVID4, LabelSet
+    from training.metrics import classification_metrics, fit_temperature
+
+    logits, y = _overconfident("multiclass")
+    labels = LabelSet("multiclass", COVID4)
+    t = fit_temperature(logits, y, "multiclass")
+    before = probabilities_from_logits(torch.from_numpy(logits), "multiclass").numpy()
+    after = probabilities_from_logits(torch.from_numpy(logits), "multiclass", t).numpy()
+    assert (before.argmax(1) == after.argmax(1)).all()
+    assert classification_metrics(y, after, labels)["ece"] < classification_metrics(y, before, labels)["ece"] / 2

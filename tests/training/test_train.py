@@ -87,8 +87,14 @@ def test_run_directory_holds_card_config_manifest_curves_and_report(trained_run)
     manifest = load_manifest(out / "split_manifest.json")
     assert card.data_manifest_sha256 == manifest["sha256"]
     assert card.split_seed == config.split_seed
-    assert set(card.metrics) == {"stage1", "stage2", "test"}
+    assert set(card.metrics) == {"stage1", "stage2", "calibration", "test"}
     assert card.metrics["test"]["accuracy_ci95"][0] <= card.metrics["test"]["accuracy"]
+    # Temperature scaling was fitted on the validation split and is what the report evaluated.
+    assert card.calibration_temperature == card.metrics["calibration"]["temperature"] != 1.0
+    report = json.loads((out / "evaluation" / "report.json").read_text())
+    assert report["calibration"]["temperature"] == card.calibration_temperature
+    assert report["calibration"]["ece_after"] == report["ece"]
+    assert "before temperature scaling" in (out / "evaluation" / "report.md").read_text()
     assert card.training_config["stage2"]["lr"] == pytest.approx(1e-3)
     assert yaml.safe_load((final / "config.yaml").read_text())["backbone"] == "densenet121"
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -47,7 +47,7 @@ def form(**changes):
 
 def result(**changes):
     probabilities = {"COVID-19": 0.1, "Lung Opacity": 0.2, "Normal": 0.6, "Viral Pneumonia": 0.1}
-    return {"patient_id": "P-1", "request_id": "req-1", "top_label": "Normal", "confidence": 0.6,
+    return {"patient_id": "P-1", "request_id": "req-1", "top_label": "Normal", "confidence": 0.6, "low_confidence": False,
             "rows": probability_rows(probabilities, LABELS, [], ["Normal"]), "model": MODEL,
             "annotated_src": "data:image/jpeg;base64,AAAA", "gradcam_src": None, "gradcam_label": None,
             "saved": False, "prediction_id": None, "save_error": None, "can_save": True, **changes}
@@ -140,6 +140,14 @@ def test_result_partial_shows_a_bar_per_label_and_a_fresh_request_id(renderer):
                                                                      gradcam_label="Normal")))
     assert with_cam.find("input", id="view-gradcam", type="radio")
     assert with_cam.find("label", **{"for": "view-gradcam"})
+
+
+def test_low_confidence_is_flagged_on_result_and_list(renderer):
+    assert "Low confidence" not in renderer.render("_result.html", result=result())
+    assert "Low confidence" in renderer.render("_result.html", result=result(low_confidence=True))
+    listing = renderer.render("_patient_results.html", patient_id="P-1", items=[{**RECORD, "low_confidence": True}],
+                              total=1, page=1, pages=1, error=None)
+    assert "low confidence" in listing
 
 
 def test_saved_and_failed_saves_say_so(renderer):
