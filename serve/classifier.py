@@ -152,3 +152,6 @@ class BatchedClassifier:
     def check_health(self) -> None:
         if self.served is None or self.served.engine is None:
             raise RuntimeError("no model loaded")
+        # Re-set every health check (10 s): Ray stops exporting a gauge that is never updated again.
+        card = self.served.card
+        self.model_loaded.set(1, tags={"model": card.name, "version": card.version})

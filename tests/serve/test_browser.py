@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -56,8 +57,15 @@ class Session:
     def fits_width(self) -> bool:
         return self.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
-    def image_loaded(self, selector: str) -> bool:
-        return self.page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+    def image_loaded(self, selector: str, timeout_s: float = 30) -> bool:
+        # Polled from Python: the element may exist before its image has arrived, and
+        # in-page waiting helpers need the page's own scripting, which some tests turn off.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0"):
+                return True
+            time.sleep(0.1)
+        return False
 
     def close(self) -> None:
         self.context.close()

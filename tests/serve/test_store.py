@@ -9,7 +9,8 @@ import pytest
 
 from serve.store import ResultRepository, now
 
-MODEL = {"name": "m", "version": "1", "weights_sha256": "ab" * 32, "preprocessing_version": "cxr-pre-1"}
+MODEL = {"name": "m", "version": "1", "weights_sha256": "ab" * 32, "preprocessing_version": "cxr-pre-1",
+         "thresholds": [], "calibration_temperature": 1.3, "code_version": "0.1.0"}
 
 
 def record(**overrides) -> dict:
@@ -36,6 +37,10 @@ def test_schema_validator_refuses_a_bad_record_and_leaves_no_files(repo):
     result = repo.save(record(confidence=1.7), {"original": b"o", "annotated": b"a"})
     assert result["saved"] is False and "schema" in result["reason"]
     assert repo.db["predictions"].count_documents({}) == 0
+    assert repo.db["images.files"].count_documents({}) == 0
+    # A record without its provenance (which calibration produced these numbers?) is refused too.
+    untraceable = {k: v for k, v in MODEL.items() if k != "calibration_temperature"}
+    assert repo.save(record(model=untraceable), {"original": b"o", "annotated": b"a"})["saved"] is False
     assert repo.db["images.files"].count_documents({}) == 0
 
 
