@@ -19,12 +19,14 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cxr_model.preprocessing import sniff_format
 from serve.inputs import InputError, validate_patient_id
 from serve.pages import Pages
+from serve.security import SecurityHeaders
 from serve.settings import ServeSettings
 from serve.store import IMAGE_KINDS
 from serve.studies import InvalidStudy, ModelChanging, StudyService, public_record, read_upload
@@ -67,7 +69,8 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Starlette:
         api = [Route(path, getattr(self, name), methods=methods) for path, name, methods in ROUTES]
         return Starlette(routes=api + self.pages.routes() + [Mount("/static", StaticFiles(directory=STATIC_DIR))],
-                         exception_handlers={PyMongoError: database_unavailable})
+                         exception_handlers={PyMongoError: database_unavailable},
+                         middleware=[Middleware(SecurityHeaders)])
 
     async def create_prediction(self, request: Request) -> Response:
         started = time.perf_counter()

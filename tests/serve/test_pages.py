@@ -178,3 +178,15 @@ def test_study_and_model_pages(service):
     assert model.status_code == 200 and card["name"] in model.text and card["weights_sha256"] in model.text
     for label in card["labels"]:
         assert label in model.text
+
+
+def test_every_response_carries_a_strict_content_security_policy(service):
+    for path in ("/", "/patients", "/model", "/api/v1/model", f"/static/{HTMX_FILE}", "/studies/nope"):
+        response = service.http.get(path)
+        csp = response.headers["content-security-policy"]
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, path
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "strict-transport-security" not in response.headers  # plain HTTP on loopback
+    behind_tls = service.http.get("/healthz", headers={"X-Forwarded-Proto": "https"})
+    assert behind_tls.headers["strict-transport-security"].startswith("max-age=")
