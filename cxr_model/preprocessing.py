@@ -11,6 +11,7 @@ it is recorded in every model card and every stored prediction.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -81,8 +82,11 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
         return decode(data, max_pixels)[0]
     try:
-        image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
-    except Image.DecompressionBombError as exc:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb is an error here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError("too_many_pixels", str(exc)) from exc
     except Exception as exc:
         raise ImageDecodeError("not_an_image", f"cannot read the {fmt.upper()} header: {exc}") from exc

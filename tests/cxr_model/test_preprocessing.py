@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from cxr_model.preprocessing import (
-    IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, PreprocessSpec, decode_grayscale, preprocess, sniff_format,
+    IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, PreprocessSpec, decode_grayscale, open_image, preprocess,
+    sniff_format,
 )
 from tests.conftest import png_bytes
 
@@ -73,3 +74,17 @@ def test_format_comes_from_magic_bytes():
     assert sniff_format(png_bytes(np.zeros((4, 4), np.uint8))) == "png"
     assert sniff_format(b"\xff\xd8\xff\xe0rest") == "jpeg"
     assert sniff_format(b"<svg></svg>") is None
+
+
+def test_decompression_bomb_warnings_are_errors_even_under_a_generous_pixel_limit():
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    # 10000 x 10000: above Pillow's MAX_IMAGE_PIXELS (warning band), below twice it (no Pillow error).
+    ihdr = (10000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError) as caught:
+        open_image(bomb, max_pixels=10**9)
+    assert caught.value.reason == "too_many_pixels"
