@@ -53,13 +53,16 @@ def zero_preamble(data: bytes) -> bytes:
 
 def _dataset(data: bytes, header_only: bool):
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom import config
 
+    # Untrusted input: pydicom's validation would warn and log offending values, which can be
+    # names and IDs. We check what we rely on ourselves.
+    config.settings.reading_validation_mode = config.IGNORE
     try:
         # Header only: large values (the pixel data) stay deferred, never read from the bytes.
         return pydicom.dcmread(io.BytesIO(data), defer_size=1024 if header_only else None)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
-        raise DicomError("not_an_image", f"the DICOM header cannot be read: {exc}") from exc
+    except Exception as exc:  # any parser failure on a corrupt file; the message names no values
+        raise DicomError("not_an_image", f"the DICOM header cannot be read ({type(exc).__name__})") from exc
 
 
 def _decodable(transfer_syntax) -> bool:
@@ -77,13 +80,22 @@ def header_patient_id(data: bytes) -> str | None:
     """(0010,0020) Patient ID alone, whatever else is wrong with the file; None if unreadable."""
     try:
         value = _dataset(data, header_only=True).get("PatientID", "")
-    except DicomError:
+        return str(value or "").strip() or None
+    except Exception:  # elements are parsed lazily: a corrupt one can fail on access
         return None
-    return str(value or "").strip() or None
 
 
 def read_header(data: bytes, max_pixels: int) -> DicomHeader:
     """Header only (pixels skipped); every refusal before decoding happens here."""
+    try:
+        return _read_header(data, max_pixels)
+    except DicomError:
+        raise
+    except Exception as exc:  # a corrupt element, parsed lazily on access
+        raise DicomError("not_an_image", f"the DICOM header is corrupt ({type(exc).__name__})") from exc
+
+
+def _read_header(data: bytes, max_pixels: int) -> DicomHeader:
     ds = _dataset(data, header_only=True)
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is None:
@@ -122,13 +134,15 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, DicomHeader]:
     ds = _dataset(data, header_only=False)
     try:
         pixels = ds.pixel_array
-    except Exception as exc:  # truncated or corrupt pixel data
-        raise DicomError("truncated", f"the DICOM pixel data cannot be decoded: {exc}") from exc
-    if header.frames > 1:
-        pixels = pixels[0]
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+        if header.frames > 1:
+            pixels = pixels[0]
+        values = apply_modality_lut(pixels, ds).astype(np.float64)
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+    except Exception as exc:  # truncated or corrupt pixel data or LUTs
+        raise DicomError("truncated", f"the DICOM pixel data cannot be decoded ({type(exc).__name__})") from exc
+    if values.ndim != 2 or not np.isfinite(values).all():
+        raise DicomError("truncated", "the DICOM pixel data is not one finite greyscale frame")
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     if header.photometric == "MONOCHROME1":  # stored inverted: high values are dark

@@ -103,3 +103,13 @@ def test_missing_body_part_is_accepted_and_truncated_pixels_are_refused():
 
 def test_header_patient_id_is_read():
     assert read_header(make_dicom(ramp(8), bits_stored=8, patient_id="DCM-4711"), MAX).patient_id == "DCM-4711"
+
+
+def test_a_corrupt_header_element_is_a_typed_error_that_names_no_values():
+    # Found by the fuzzer: one zeroed byte turns the transfer syntax element's VR into garbage,
+    # which pydicom only notices when the element is first read.
+    data = bytearray(make_dicom(ramp(12), bits_stored=12, patient_id="DCM-SECRET-7"))
+    data[271] = 0
+    with pytest.raises(ImageDecodeError) as caught:
+        open_image(bytes(data), MAX)
+    assert caught.value.reason == "not_an_image" and "DCM-SECRET-7" not in str(caught.value)
