@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from cxr_model.annotate import DEMO_NOTICE, NOTICE
 from cxr_model.preprocessing import display_image, open_image
+from serve import csrf
 from serve.inputs import InputError, validate_patient_id
 from serve.studies import InvalidStudy, ModelChanging, Prediction, StudyService, public_record, read_upload
 from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, is_htmx, probability_rows
@@ -106,8 +107,18 @@ class Pages:
     async def _page(self, request: Request, full: str, partial: str | None, status: int = 200, **context) -> Response:
         template = partial if partial and is_htmx(request.headers) else full
         context["synthetic_demo"] = await self._synthetic_demo()
+        context["csrf_token"], new_token = csrf.token_for(request.cookies)
         headers = {"Cache-Control": "no-store", "Vary": "HX-Request"}  # pages show patient data
-        return HTMLResponse(self.renderer.render(template, **context), status, headers=headers)
+        response = HTMLResponse(self.renderer.render(template, **context), status, headers=headers)
+        if new_token:
+            secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+            response.headers.append("set-cookie", csrf.cookie_header(context["csrf_token"], secure))
+        return response
+
+    async def _forbidden(self, request: Request) -> Response:
+        message = "This form has expired or did not come from this site. Reload the page and try again."
+        return await self._page(request, "new_study.html", "_study_errors.html", 403,
+                                form=self._form(), result=None, error={"form": message})
 
     def _form(self, fields: dict | None = None, errors: dict | None = None, held: str | None = None) -> dict:
         fields = fields or {}
@@ -130,6 +141,8 @@ class Pages:
         except InputError as exc:
             self.studies.reject(exc)
             return await self._study_error(request, exc.status, {}, field_messages([(exc.field, exc.code, str(exc))]))
+        if not csrf.valid(request.cookies, upload.fields.get(csrf.FIELD)):
+            return await self._forbidden(request)
         held = self.held.get(upload.fields.get("request_id")) if upload.data is None else None
         if isinstance(held, tuple):  # a plain post re-using the file from the last attempt
             upload.data, upload.filename = held
@@ -160,8 +173,10 @@ class Pages:
 
     async def save_study(self, request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=4, max_part_size=1024)
-        request_id = str(form.get("request_id", ""))
+        request_id, token = str(form.get("request_id", "")), form.get(csrf.FIELD)
         await form.close()
+        if not csrf.valid(request.cookies, token):
+            return await self._forbidden(request)
         prediction = self.held.get(request_id)
         if not isinstance(prediction, Prediction):
             message = ("This prediction is no longer held for saving (results are kept for 15 minutes). "

@@ -15,8 +15,18 @@ HX = {"HX-Request": "true"}
 NOTICE = "Decision support only - not for diagnostic use"
 
 
+def csrf_token(service) -> str:
+    """What a browser has after loading any page: the cookie (kept by the client) and the field."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', service.http.get("/").text).group(1)
+
+
+def save_held(service, request_id: str, **kwargs):
+    return service.http.post("/studies/save", data={"request_id": request_id, "csrf_token": csrf_token(service)},
+                             **kwargs)
+
+
 def post_study(service, image: bytes | None, htmx: bool = False, filename: str = "cxr.png", **fields):
-    data = {"patient_id": "P-PAGE-1", "request_id": uuid.uuid4().hex, **fields}
+    data = {"patient_id": "P-PAGE-1", "request_id": uuid.uuid4().hex, "csrf_token": csrf_token(service), **fields}
     files = {"image": (filename, image, "image/png")} if image is not None else {"image": ("", b"", "application/octet-stream")}
     return service.http.post("/studies", data=data, files=files, headers=HX if htmx else {}, follow_redirects=False)
 
@@ -77,9 +87,9 @@ def test_save_after_predict_stores_what_was_shown_once(service, db):
     request_id = uuid.uuid4().hex
     shown = post_study(service, chest_png(43), htmx=True, request_id=request_id, patient_id="P-PAGE-LATER")
     assert shown.status_code == 200 and db["predictions"].count_documents({"request_id": request_id}) == 0
-    saved = service.http.post("/studies/save", data={"request_id": request_id}, headers=HX)
+    saved = save_held(service, request_id, headers=HX)
     assert saved.status_code == 200 and "Saved to the record" in saved.text
-    again = service.http.post("/studies/save", data={"request_id": request_id}, follow_redirects=False)
+    again = save_held(service, request_id, follow_redirects=False)
     assert again.status_code == 303  # a second click lands on the same study
     assert db["predictions"].count_documents({"request_id": request_id}) == 1
     record = db["predictions"].find_one({"request_id": request_id})
@@ -89,7 +99,7 @@ def test_save_after_predict_stores_what_was_shown_once(service, db):
 
 def test_save_of_an_unknown_prediction_is_refused(service, db):
     before = stored_counts(db)
-    response = service.http.post("/studies/save", data={"request_id": "never-predicted-1"}, headers=HX)
+    response = save_held(service, "never-predicted-1", headers=HX)
     assert response.status_code == 409 and "no longer held" in response.text
     assert stored_counts(db) == before
 
@@ -137,7 +147,7 @@ def test_database_outage_shows_the_prediction_not_saved_and_retry_saves_it(servi
     finally:
         mongo_server.start()
     assert db["predictions"].count_documents({"request_id": request_id}) == 0
-    retry = service.http.post("/studies/save", data={"request_id": request_id}, headers=HX)
+    retry = save_held(service, request_id, headers=HX)
     assert retry.status_code == 200 and "Saved to the record" in retry.text
     assert db["predictions"].count_documents({"request_id": request_id}) == 1
 
@@ -190,3 +200,27 @@ def test_every_response_carries_a_strict_content_security_policy(service):
         assert "strict-transport-security" not in response.headers  # plain HTTP on loopback
     behind_tls = service.http.get("/healthz", headers={"X-Forwarded-Proto": "https"})
     assert behind_tls.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_form_posts_without_a_matching_csrf_token_are_refused_and_store_nothing(service, db):
+    import httpx
+
+    before = stored_counts(db)
+    request_id = uuid.uuid4().hex
+    # A cross-site form: no cookie (SameSite=Strict keeps it home), whatever token it invents.
+    with httpx.Client(base_url=service.base_url, timeout=60) as stranger:
+        forged = stranger.post("/studies", data={"patient_id": "P-CSRF-1", "save": "1", "request_id": request_id,
+                                                  "csrf_token": "x" * 43},
+                               files={"image": ("cxr.png", chest_png(60), "image/png")})
+        assert forged.status_code == 403 and "expired or did not come from this site" in forged.text
+        cookie = forged.headers["set-cookie"]  # the refusal page starts a proper session
+        assert "SameSite=Strict" in cookie and "HttpOnly" in cookie
+        assert stranger.post("/studies/save", data={"request_id": request_id}).status_code == 403
+    # Our own page's client, but the field left out.
+    csrf_token(service)
+    missing = service.http.post("/studies", data={"patient_id": "P-CSRF-1", "save": "1"},
+                                files={"image": ("cxr.png", chest_png(60), "image/png")}, headers=HX)
+    assert missing.status_code == 403
+    assert stored_counts(db) == before
+    # The JSON API takes no cookies and is not a form: unaffected.
+    assert service.predict(chest_png(60), patient_id="P-CSRF-1").status_code == 200

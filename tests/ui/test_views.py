@@ -35,9 +35,22 @@ class Tags(HTMLParser):
         return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
 
 
+TOKEN = "t" * 43
+
+
+class TokenRenderer:
+    """What serve.pages does: every page gets the CSRF token for its forms."""
+
+    def __init__(self):
+        self.base = PageRenderer(NOTICE, "SYNTHETIC DEMO MODEL - not for clinical use")
+
+    def render(self, template: str, **context) -> str:
+        return self.base.render(template, **{"csrf_token": TOKEN, **context})
+
+
 @pytest.fixture
 def renderer():
-    return PageRenderer(NOTICE, "SYNTHETIC DEMO MODEL - not for clinical use")
+    return TokenRenderer()
 
 
 def form(**changes):
@@ -100,6 +113,7 @@ def test_study_form_posts_without_javascript_and_binds_labels(renderer):
     for field_id in ("patient_id", "image"):
         assert tags.find("label", **{"for": field_id}) and tags.find("input", id=field_id)
     assert tags.find("progress", id="upload-progress")
+    assert tags.find("input", type="hidden", name="csrf_token", value=TOKEN)
     assert tags.find("section", id="result", **{"aria-live": "polite"})
 
 
@@ -136,6 +150,7 @@ def test_result_partial_shows_a_bar_per_label_and_a_fresh_request_id(renderer):
     assert tags.find("img", src="data:image/jpeg;base64,AAAA")
     assert not tags.find("input", id="view-gradcam"), "no Grad-CAM toggle without a Grad-CAM image"
     assert tags.find("form", action="/studies/save")
+    assert tags.find("input", type="hidden", name="csrf_token", value=TOKEN)
     with_cam = Tags(renderer.render("_result.html", result=result(gradcam_src="data:image/jpeg;base64,BBBB",
                                                                      gradcam_label="Normal")))
     assert with_cam.find("input", id="view-gradcam", type="radio")
