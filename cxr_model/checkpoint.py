@@ -51,6 +51,8 @@ class ModelCard:
     calibration_temperature: float = 1.0
     # A single-label prediction whose (calibrated) top probability is below this is flagged.
     low_confidence_below: float = 0.6
+    # The out-of-scope gate: image limits, the feature gate's file/sha256/threshold, measured rates.
+    scope: dict = field(default_factory=dict)
     intended_use: str = "Decision support for chest radiograph triage; not for diagnostic use."
     synthetic_demo: bool = False
     schema_version: int = CARD_SCHEMA_VERSION

@@ -92,6 +92,18 @@ class Classifier:
         with self._autocast():
             return self.forward(self._as_batch(tensors)).float().cpu()
 
+    @torch.inference_mode()
+    def logits_and_features(self, tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits, features = self.model.forward_with_features(self._as_batch(tensors))
+        return logits.float().cpu(), features.float().cpu()
+
+    def predict_with_features(self, tensors) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_batch`` plus the pooled features, for the out-of-scope gate."""
+        logits, features = self.logits_and_features(tensors)
+        probs = probabilities_from_logits(logits, self.task, self.card.calibration_temperature)
+        return probs.numpy(), features.numpy()
+
     def predict_batch(self, tensors) -> np.ndarray:
         """[N, 3, S, S] preprocessed inputs (or a list of [3, S, S]) -> [N, labels] probabilities."""
         return probabilities_from_logits(self.predict_logits(tensors), self.task,

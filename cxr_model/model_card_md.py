@@ -17,7 +17,7 @@ KNOWN_LIMITS = [
     "same data do not show that it generalises. Validate on your own hospital's images first "
     "(`cxr evaluate --data-dir ...`).",
     "Trained on frontal (PA/AP) chest radiographs. Lateral views, other body parts, CT slices and "
-    "photographs are outside its scope.",
+    "photographs are outside its scope; the out-of-scope gate refuses most of them, not all.",
     "Probabilities are calibrated (temperature scaling) on the validation split of the training "
     "data. Calibration does not carry over to a different population or scanner without refitting.",
     "Predictions below the low-confidence bar are flagged in the API, the pages and the stored "
@@ -31,6 +31,32 @@ def _pct(value) -> str:
 
 def _ci(values) -> str:
     return f" (95% CI {_pct(values[0])} - {_pct(values[1])})" if values and len(values) == 2 else ""
+
+
+def _scope_section(card: ModelCard) -> list[str]:
+    scope = card.scope or {}
+    lines = ["", "## Out-of-scope gate", ""]
+    if not scope.get("feature_gate"):
+        return lines + ["Only the image checks run (colour, blank, noise): no feature gate was fitted for this "
+                        "checkpoint, so other body parts or views can still receive a label."]
+    gate, rates = scope["feature_gate"], scope.get("rates", {})
+    lines += [scope.get("method", ""), "",
+              f"- Feature gate: distance threshold {gate['threshold']:.1f} over {gate['feature_dim']} features, "
+              f"fitted on the {gate['fitted_on']}, threshold from the {gate['threshold_from']} "
+              f"(target false rejection {_pct(gate['target_false_rejection'])}).",
+              "- An image the gate refuses gets no label: the answer is \"out of scope\" with the reason.", "",
+              "| images | n | refused | rate |", "|---|---|---|---|"]
+    for split, row in (rates.get("chest_radiographs") or {}).items():
+        lines.append(f"| chest radiographs, {split} split | {row['n']} | {row['refused']} | "
+                     f"false rejection {_pct(row['false_rejection_rate'])} |")
+    for kind, row in (rates.get("out_of_scope") or {}).items():
+        caught = ", ".join(f"{reason} {count}" for reason, count in row["refused_by"].items()) or "none"
+        lines.append(f"| {kind.replace('_', ' ')} | {row['n']} | {row['refused']} ({caught}) | "
+                     f"miss {_pct(row['miss_rate'])} |")
+    if rates.get("out_of_scope_source"):
+        lines += ["", f"Out-of-scope pictures: {rates['out_of_scope_source']}. Measure the gate on your own "
+                      "site's images before relying on these rates."]
+    return lines
 
 
 def render_model_card(card: ModelCard) -> str:
@@ -76,6 +102,7 @@ def render_model_card(card: ModelCard) -> str:
                       f"{calibration.get('temperature', card.calibration_temperature):.3f}; validation ECE "
                       f"{calibration.get('val_ece_before', float('nan')):.3f} before, "
                       f"{calibration.get('val_ece_after', float('nan')):.3f} after."]
+    lines += _scope_section(card)
     lines += ["", "## Known limits", ""] + [f"- {item}" for item in KNOWN_LIMITS]
     lines += ["", "## Traceability", "",
               f"- Weights sha256: `{card.weights_sha256}`",

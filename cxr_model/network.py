@@ -43,6 +43,11 @@ class CXRNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled backbone features the out-of-scope gate measures."""
+        features = self.backbone(x)
+        return self.head(features), features
+
     def gradcam_layer(self) -> nn.Module:
         """The last spatial feature block: DenseNet's last dense block by default."""
         features = getattr(self.backbone, "features", None)

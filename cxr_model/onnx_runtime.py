@@ -18,8 +18,18 @@ from cxr_model.checkpoint import ModelCard, load_network, sha256_file
 from cxr_model.classifier import positive_labels, probabilities_from_logits
 
 ONNX_FILE = "model.onnx"
+OUTPUTS = ["logits", "features"]  # features feed the out-of-scope gate
 ONNX_RECORD = "onnx.json"
 TOLERANCE = 1e-4  # max |probability difference| between torch and ONNX Runtime
+
+
+class _LogitsAndFeatures(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_with_features(x)
 
 
 def export_onnx(checkpoint: str | Path, tolerance: float = TOLERANCE) -> dict:
@@ -31,22 +41,29 @@ def export_onnx(checkpoint: str | Path, tolerance: float = TOLERANCE) -> dict:
     size = card.preprocess_spec.input_size
     batch = torch.export.Dim("batch", min=1, max=1024)
     path = directory / ONNX_FILE
-    torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(path), input_names=["input"],
-                      output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    torch.onnx.export(_LogitsAndFeatures(model).eval(), (torch.randn(2, 3, size, size),), str(path),
+                      input_names=["input"], output_names=OUTPUTS, dynamic_shapes=({0: batch},), dynamo=True,
+                      verbose=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    worst = worst_features = 0.0
     generator = torch.Generator().manual_seed(0)
     for n in (1, 3):
         x = torch.randn(n, 3, size, size, generator=generator)
         with torch.inference_mode():
-            expected = probabilities_from_logits(model(x), card.task).numpy()
-        got = probabilities_from_logits(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), card.task)
+            logits, features = model.forward_with_features(x)
+        expected = probabilities_from_logits(logits, card.task).numpy()
+        got_logits, got_features = session.run(OUTPUTS, {"input": x.numpy()})
+        got = probabilities_from_logits(torch.from_numpy(got_logits), card.task)
         worst = max(worst, float(np.abs(got.numpy() - expected).max()))
-    if worst > tolerance:
+        # Features feed a distance, so they are compared relative to their own scale.
+        scale = float(features.abs().max()) or 1.0
+        worst_features = max(worst_features, float(np.abs(got_features - features.numpy()).max()) / scale)
+    if worst > tolerance or worst_features > tolerance:
         path.unlink()
-        raise RuntimeError(f"ONNX output differs from torch by {worst:.2e} (> {tolerance:.0e}); export removed")
-    record = {"weights_sha256": card.weights_sha256, "onnx_sha256": sha256_file(path),
-              "max_abs_probability_diff": worst, "tolerance": tolerance}
+        raise RuntimeError(f"ONNX output differs from torch by {max(worst, worst_features):.2e} "
+                           f"(> {tolerance:.0e}); export removed")
+    record = {"weights_sha256": card.weights_sha256, "onnx_sha256": sha256_file(path), "outputs": OUTPUTS,
+              "max_abs_probability_diff": worst, "max_rel_feature_diff": worst_features, "tolerance": tolerance}
     (directory / ONNX_RECORD).write_text(json.dumps(record, indent=2))
     return record
 
@@ -57,7 +74,7 @@ def onnx_export_matches(checkpoint: str | Path, card: ModelCard) -> bool:
     if not (directory / ONNX_FILE).is_file() or not record_path.is_file():
         return False
     record = json.loads(record_path.read_text())
-    return (record.get("weights_sha256") == card.weights_sha256
+    return (record.get("weights_sha256") == card.weights_sha256 and record.get("outputs") == OUTPUTS
             and record.get("onnx_sha256") == sha256_file(directory / ONNX_FILE))
 
 
@@ -82,12 +99,16 @@ class OnnxClassifier:
         self.labels = list(card.labels)
         self.task = card.task
 
-    def predict_batch(self, tensors) -> np.ndarray:
+    def predict_with_features(self, tensors) -> tuple[np.ndarray, np.ndarray]:
         batch = torch.stack(list(tensors)) if not isinstance(tensors, torch.Tensor) else tensors
         if batch.dim() == 3:
             batch = batch.unsqueeze(0)
-        logits = self.session.run(None, {"input": batch.float().contiguous().numpy()})[0]
-        return probabilities_from_logits(torch.from_numpy(logits), self.task, self.card.calibration_temperature).numpy()
+        logits, features = self.session.run(OUTPUTS, {"input": batch.float().contiguous().numpy()})
+        probs = probabilities_from_logits(torch.from_numpy(logits), self.task, self.card.calibration_temperature)
+        return probs.numpy(), features
+
+    def predict_batch(self, tensors) -> np.ndarray:
+        return self.predict_with_features(tensors)[0]
 
     def positives(self, probabilities: np.ndarray) -> list[list[str]]:
         return positive_labels(probabilities, self.card)

@@ -24,6 +24,7 @@ from cxr_model.classifier import Classifier, low_confidence, resolve_device
 from cxr_model.gradcam import gradcam
 from cxr_model.onnx_runtime import OnnxClassifier, onnx_export_matches
 from cxr_model.preprocessing import levels_to_unit, normalize
+from cxr_model.scope import FeatureGate, load_scope
 
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -40,6 +41,8 @@ def model_info(card, runtime: str) -> dict:
         "input_size": card.preprocess_spec.input_size, "synthetic_demo": card.synthetic_demo,
         "calibration_temperature": card.calibration_temperature, "low_confidence_below": card.low_confidence_below,
         "code_version": card.code_version,
+        "scope_gate": {"version": (card.scope or {}).get("version"),
+                       "feature_gate": bool((card.scope or {}).get("feature_gate"))},
     }
 
 
@@ -57,6 +60,7 @@ class ServedModel:
     engine: object  # Classifier or OnnxClassifier: predict_batch + card
     explainer: Classifier  # Grad-CAM needs autograd, so always the torch model
     runtime: str
+    gate: FeatureGate | None  # the out-of-scope feature gate, when the checkpoint has one
 
     @property
     def card(self):
@@ -92,7 +96,8 @@ class BatchedClassifier:
         torch_classifier = Classifier(model, card, device=str(device), channels_last=True,
                                       compile=self.compile and runtime == "torch")
         engine = OnnxClassifier(checkpoint, card, self.threads) if runtime == "onnx" else torch_classifier
-        return ServedModel(checkpoint, engine, torch_classifier, runtime)
+        _, gate = load_scope(checkpoint, card)
+        return ServedModel(checkpoint, engine, torch_classifier, runtime, gate)
 
     def reconfigure(self, user_config: dict) -> None:
         unknown = set(user_config) - {"checkpoint", "max_batch_size", "batch_wait_timeout_s"}
@@ -113,8 +118,11 @@ class BatchedClassifier:
     def model_card(self) -> dict:
         return self.served.card.to_dict()
 
-    def _forward(self, classifier, grays: list[np.ndarray]) -> np.ndarray:
-        return classifier.predict_batch(stack_inputs(grays, classifier.card.preprocess_spec))
+    def _forward(self, served: ServedModel, grays: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        classifier = served.engine
+        probs, features = classifier.predict_with_features(stack_inputs(grays, classifier.card.preprocess_spec))
+        verdicts = served.gate.verdicts(features) if served.gate is not None else [None] * len(probs)
+        return probs, verdicts
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict(self, grays: list[np.ndarray]) -> list[dict]:
@@ -130,13 +138,19 @@ class BatchedClassifier:
         if good:
             started = time.perf_counter()
             # Off the event loop, so requests keep queueing for the next batch meanwhile.
-            probs = await asyncio.to_thread(self._forward, classifier, [grays[i] for i in good])
+            probs, verdicts = await asyncio.to_thread(self._forward, served, [grays[i] for i in good])
             self.inference_seconds.observe(time.perf_counter() - started)
             self.batch_sizes.observe(len(good))
             info = model_info(classifier.card, served.runtime)
-            for row, i in zip(probs, good):
+            for row, verdict, i in zip(probs, verdicts, good):
+                if verdict is not None and not verdict.in_scope:
+                    # No probabilities leave the replica for an out-of-scope image: no label can be shown.
+                    results[i] = {"out_of_scope": verdict.to_dict(), "model": info, "batch_size": len(good)}
+                    continue
                 results[i] = {"probabilities": [float(p) for p in row], "low_confidence": low_confidence(row, classifier.card),
                               "model": info, "batch_size": len(good)}
+                if verdict is not None:
+                    results[i]["scope"] = verdict.measures
         return results
 
     async def explain(self, gray: np.ndarray, target: int | None = None) -> dict:

@@ -83,6 +83,8 @@ class Ingress:
             return _error(exc.first)
         try:
             prediction = await self.studies.predict(inputs, started)
+        except InvalidStudy as exc:  # out of scope: not a chest radiograph
+            return _error(exc.first)
         except ModelChanging:
             return JSONResponse({"error": {"code": "model_changing",
                                            "message": "the model is being replaced; retry in a moment"}},

@@ -24,15 +24,16 @@ _DECODE_STATUS = {"empty": 400, "not_an_image": 415, "truncated": 422, "too_many
 
 
 class InputError(ValueError):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 details: dict | None = None):
         super().__init__(message)
-        self.status, self.code, self.field = status, code, field
+        self.status, self.code, self.field, self.details = status, code, field, details or {}
 
     def to_json(self) -> dict:
         body = {"code": self.code, "message": str(self)}
         if self.field:
             body["field"] = self.field
-        return {"error": body}
+        return {"error": body | self.details}
 
 
 def validate_patient_id(value) -> str:

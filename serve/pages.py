@@ -158,6 +158,8 @@ class Pages:
             return await self._study_error(request, status, upload.fields, errors, keep)
         try:
             prediction = await self.studies.predict(inputs, started)
+        except InvalidStudy as exc:  # out of scope: the reason goes beside the image field, no label
+            return await self._study_error(request, exc.first.status, upload.fields, field_messages(exc.triples()))
         except ModelChanging:
             return await self._study_error(request, 503, upload.fields,
                                            {"form": "The model is being replaced. Try again in a moment."})

@@ -22,6 +22,7 @@ from cxr_model.checkpoint import ModelCard
 from cxr_model.dicom import zero_preamble
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.labels import MULTICLASS
+from cxr_model.scope import ImageLimits, ScopeVerdict, check_image
 from serve.inputs import (
     InputError, decode_upload, dicom_patient_id, model_levels, validate_patient_id, validate_request_id,
 )
@@ -198,6 +199,8 @@ class StudyService:
                                 tag_keys=("reason",))
         self.predictions = Counter("cxr_predictions_total", description="predictions served, by top label",
                                    tag_keys=("label", "model_version"))
+        self.out_of_scope = Counter("cxr_out_of_scope_total", description="uploads refused as not a chest "
+                                    "radiograph, by reason", tag_keys=("reason",))
         self.stage_seconds = Histogram("cxr_stage_seconds", description="time per request stage",
                                        boundaries=LATENCY_BUCKETS, tag_keys=("stage",))
 
@@ -216,17 +219,32 @@ class StudyService:
     def reject(self, error: InputError) -> None:
         self.rejected.inc(tags={"reason": error.code})
 
+    def refuse_out_of_scope(self, verdict: ScopeVerdict) -> InvalidStudy:
+        self.out_of_scope.inc(tags={"reason": verdict.reason})
+        error = InputError(422, "out_of_scope", verdict.message, "image",
+                           {"reason": verdict.reason, "measures": verdict.measures or {}})
+        self.reject(error)
+        return InvalidStudy([error])
+
     async def predict(self, inputs: StudyInputs, started: float | None = None) -> Prediction:
+        """Classify one checked study; ``InvalidStudy`` (422 out_of_scope) when it is no chest radiograph."""
         started = time.perf_counter() if started is None else started
-        gray = model_levels(inputs.original, (await self.card()).preprocess_spec)
+        card = await self.card()
+        gray = model_levels(inputs.original, card.preprocess_spec)
+        verdict = check_image(inputs.original, gray, ImageLimits.from_dict((card.scope or {}).get("image_limits")))
         decoded = time.perf_counter()
         self.stage_seconds.observe(decoded - started, tags={"stage": "decode"})
+        if not verdict.in_scope:  # refused before the model runs
+            raise self.refuse_out_of_scope(verdict)
         result = await self.classifier.predict.remote(gray)
         if result.get("error") == "input_size_mismatch":  # a model roll changed the input size
             gray = model_levels(inputs.original, (await self.card(refresh=True)).preprocess_spec)
             result = await self.classifier.predict.remote(gray)
         if "error" in result:
             raise ModelChanging(result["error"])
+        if "out_of_scope" in result:  # refused by the checkpoint's feature gate
+            raise self.refuse_out_of_scope(ScopeVerdict(False, result["out_of_scope"]["reason"],
+                                                        result["out_of_scope"]["measures"]))
         inferred = time.perf_counter()
         self.stage_seconds.observe(inferred - decoded, tags={"stage": "inference"})
         model = result["model"]

@@ -16,11 +16,13 @@ from PIL import Image
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-from cxr_model.checkpoint import ModelCard, save_checkpoint  # noqa: E402
+from cxr_model.checkpoint import ModelCard, save_checkpoint, sha256_file  # noqa: E402
+from cxr_model.classifier import Classifier  # noqa: E402
 from cxr_model.labels import COVID4, MULTICLASS  # noqa: E402
 from cxr_model.network import build_model  # noqa: E402
-from cxr_model.preprocessing import PreprocessSpec  # noqa: E402
-from training.synthetic import make_demo_dataset  # noqa: E402
+from cxr_model.preprocessing import PreprocessSpec, levels_to_unit, normalize, resize_levels  # noqa: E402
+from cxr_model.scope import GATE_FILE, fit_feature_gate  # noqa: E402
+from training.synthetic import make_demo_dataset, render_chest  # noqa: E402
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     image = Image.fromarray(array)
@@ -121,5 +123,34 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model("densenet121", len(COVID4), "none")
     directory = tmp_path_factory.mktemp("tiny-checkpoint")
-    save_checkpoint(model, make_card(), directory)
+    card = save_checkpoint(model, make_card(), directory)
+    add_feature_gate(model, card, directory)
     return directory
+
+
+def chest_image_features(classifier: Classifier, seeds) -> np.ndarray:
+    spec = classifier.card.preprocess_spec
+    labels = sorted(COVID4)
+    tensors = [normalize(torch.from_numpy(levels_to_unit(resize_levels(Image.fromarray(
+        (render_chest(labels[seed % 4], np.random.default_rng(seed)) * 255).astype(np.uint8)), spec.input_size)))[None],
+        spec) for seed in seeds]
+    return classifier.predict_with_features(torch.stack(tensors))[1]
+
+
+def add_feature_gate(model, card: ModelCard, directory: Path, margin: float = 1.5) -> None:
+    """Fit an out-of-scope feature gate on generated chest images, as training does on its splits.
+
+    Seeds 5000+ are kept out of every test's images. The threshold gets a margin over the largest
+    validation distance, so that every chest-like picture the tests upload passes the gate
+    while other pictures (photos, limbs, skulls: distances 3-5x larger here) do not.
+    """
+    classifier = Classifier(model, card, device="cpu")
+    gate = fit_feature_gate(chest_image_features(classifier, range(5000, 5080)),
+                            chest_image_features(classifier, range(5100, 5140)), 0.01)
+    gate.threshold = margin * float(gate.distances(chest_image_features(classifier, range(5100, 5140))).max())
+    gate.save(directory / GATE_FILE)
+    card.scope = {"version": "test", "image_limits": {}, "feature_gate": {
+        "file": GATE_FILE, "sha256": sha256_file(directory / GATE_FILE), "threshold": gate.threshold,
+        "target_false_rejection": 0.01, "feature_dim": int(gate.mean.shape[0]),
+        "fitted_on": "80 generated chest images", "threshold_from": "40 generated chest images"}}
+    save_checkpoint(model, card, directory)

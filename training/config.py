@@ -47,6 +47,10 @@ class TrainConfig:
     hflip: bool = True
     stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=5, lr=1e-3))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=10, lr=1e-4))
+    # Out-of-scope gate: target share of chest radiographs refused (sets the threshold on val),
+    # and generated out-of-scope pictures per kind for measuring its misses.
+    scope_false_rejection: float = 0.01
+    scope_ood_per_kind: int = 20
     model_name: str = ""
     model_version: str = ""
     synthetic_demo: bool = False
@@ -69,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"loss must be ce or focal, not {self.loss!r}")
         if self.workers < 1 or self.batch_size < 1 or self.image_size < 32:
             raise ValueError("workers and batch_size must be >= 1, image_size >= 32")
+        if not 0 < self.scope_false_rejection < 0.5 or self.scope_ood_per_kind < 1:
+            raise ValueError("scope_false_rejection must be in (0, 0.5) and scope_ood_per_kind >= 1")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError("split_fractions must be three numbers summing to 1")
         return self
@@ -125,6 +131,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage2-epochs", dest="stage2.epochs", type=int)
     parser.add_argument("--stage2-lr", dest="stage2.lr", type=float)
     parser.add_argument("--patience", type=int, help="early-stopping patience for both stages")
+    parser.add_argument("--scope-false-rejection", dest="scope_false_rejection", type=float,
+                        help="target share of chest radiographs the out-of-scope gate refuses (default 0.01)")
     parser.add_argument("--model-name", dest="model_name")
     parser.add_argument("--model-version", dest="model_version")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)

@@ -40,6 +40,7 @@ from training.evaluate import evaluate_checkpoint, predict_entries
 from training.loop import TRAIN_STATE_FILE, train_stage_loop
 from training.metrics import classification_metrics, fit_temperature, tune_thresholds
 from training.plots import plot_training_curves
+from training.scope import fit_and_measure
 from training.splits import build_manifest, load_manifest, save_manifest, split_entries
 
 STAGES = ("stage1", "stage2")
@@ -146,6 +147,8 @@ def finalize(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
     if card.task == MULTILABEL:
         card.thresholds = tune_thresholds(y_true, probs)
     final = out / "checkpoint"
+    card.scope = fit_and_measure(model, card, manifest, final, cfg.scope_false_rejection,
+                                 cfg.scope_ood_per_kind, cfg.split_seed)
     card.created_at = ""
     save_checkpoint(model, card, final)
     test = split_entries(manifest, "test")

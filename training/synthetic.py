@@ -120,3 +120,80 @@ def make_demo_dataset(out: str | Path, per_class: int = 50, seed: int = 0,
             copy.write_bytes(written[j].read_bytes())
         counts[label] = per_class + min(duplicates, len(written))
     return counts
+
+
+# Pictures a chest X-ray service must refuse, for measuring the out-of-scope gate. Radiograph-like
+# ones get the same blur, exposure and noise as render_chest, so that only their content differs.
+OUT_OF_SCOPE_KINDS = ("colour_photo", "greyscale_photo", "blank", "noise", "limb_radiograph", "skull_radiograph")
+
+
+def _photo(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An everyday scene: sky, ground, a few coloured objects; float32 [size, size, 3] in [0, 1]."""
+    axis = np.linspace(-1, 1, size, dtype=np.float32)
+    xx, yy = np.meshgrid(axis, axis)
+    horizon = rng.uniform(-0.3, 0.4)
+    sky, ground = rng.uniform(0.3, 1.0, size=3), rng.uniform(0.1, 0.7, size=3)
+    img = np.where((yy < horizon)[..., None], sky * (0.7 + 0.3 * (yy[..., None] + 1) / 2), ground)
+    for _ in range(rng.integers(3, 8)):
+        cx, cy = rng.uniform(-0.8, 0.8, size=2)
+        rx, ry = rng.uniform(0.08, 0.4, size=2)
+        shape = _ellipse(xx, yy, cx, cy, rx, ry) if rng.random() < 0.5 else (
+            (np.abs(xx - cx) < rx) & (np.abs(yy - cy) < ry))
+        img[shape] = rng.uniform(0, 1, size=3)
+    img = ndimage.gaussian_filter(img, sigma=(1.0, 1.0, 0))
+    return np.clip(img + rng.normal(0, 0.02, size=img.shape), 0, 1).astype(np.float32)
+
+
+def _radiograph_finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    img = ndimage.gaussian_filter(img, sigma=rng.uniform(0.8, 1.6))
+    gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
+    return np.clip(img * gain + offset + rng.normal(0, 0.025, size=img.shape), 0, 1).astype(np.float32)
+
+
+def _limb(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A forearm/leg: soft-tissue band with two long bones (bright cortex, darker marrow), rotated."""
+    axis = np.linspace(-1, 1, size, dtype=np.float32)
+    xx, yy = np.meshgrid(axis, axis)
+    angle = rng.uniform(-0.5, 0.5)
+    u = xx * np.cos(angle) + yy * np.sin(angle)
+    img = np.full((size, size), 0.05, dtype=np.float32)
+    img[np.abs(u) < rng.uniform(0.35, 0.5)] = 0.3
+    for centre, half in ((-0.15, rng.uniform(0.06, 0.09)), (0.15, rng.uniform(0.05, 0.08))):
+        distance = np.abs(u - centre)
+        img[distance < half] = 0.85
+        img[distance < half * 0.55] = 0.55
+    return _radiograph_finish(img, rng)
+
+
+def _skull(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A skull: bright elliptical vault, orbits and jaw."""
+    axis = np.linspace(-1, 1, size, dtype=np.float32)
+    xx, yy = np.meshgrid(axis, axis)
+    img = np.full((size, size), 0.05, dtype=np.float32)
+    rx, ry = rng.uniform(0.6, 0.75), rng.uniform(0.75, 0.9)
+    img[_ellipse(xx, yy, 0, -0.05, rx, ry)] = 0.8
+    img[_ellipse(xx, yy, 0, -0.05, rx - 0.07, ry - 0.07)] = 0.4
+    for side in (-1, 1):
+        img[_ellipse(xx, yy, side * 0.25, 0.15, 0.13, 0.1)] = 0.2
+    img[_ellipse(xx, yy, 0, 0.7, 0.4, 0.15) & ~_ellipse(xx, yy, 0, 0.65, 0.33, 0.1)] = 0.85
+    return _radiograph_finish(img, rng)
+
+
+def render_out_of_scope(kind: str, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
+    """One picture of ``kind`` (see OUT_OF_SCOPE_KINDS) as a PIL image."""
+    if kind in ("colour_photo", "greyscale_photo"):
+        image = Image.fromarray((_photo(rng, size) * 255).round().astype(np.uint8), "RGB")
+        return image if kind == "colour_photo" else image.convert("L")
+    if kind == "blank":
+        level = rng.uniform(0.0, 1.0)
+        pixels = np.clip(level + rng.normal(0, 0.004, size=(size, size)), 0, 1)
+    elif kind == "noise":
+        pixels = rng.uniform(0, 1, size=(size, size)) if rng.random() < 0.5 else \
+            np.clip(rng.normal(0.5, 0.2, size=(size, size)), 0, 1)
+    elif kind == "limb_radiograph":
+        pixels = _limb(rng, size)
+    elif kind == "skull_radiograph":
+        pixels = _skull(rng, size)
+    else:
+        raise ValueError(f"unknown out-of-scope kind {kind!r}; known: {', '.join(OUT_OF_SCOPE_KINDS)}")
+    return Image.fromarray((pixels * 255).round().astype(np.uint8))

@@ -44,3 +44,25 @@ def test_cxr_model_card_writes_markdown_and_json(tmp_path):
     shown = subprocess.run([str(cxr), "model-card", str(tmp_path / "ck"), "--format", "json"], check=True,
                            capture_output=True, text=True, timeout=120).stdout
     assert json.loads(shown)["metrics"]["test"]["accuracy"] == 0.9
+
+
+SCOPE = {"version": "cxr-scope-1", "method": "Image checks ... Mahalanobis ...", "image_limits": {},
+         "feature_gate": {"file": "scope_gate.npz", "sha256": "ef" * 32, "threshold": 37.9,
+                          "target_false_rejection": 0.01, "fitted_on": "train split, 174 images",
+                          "threshold_from": "val split, 50 images", "feature_dim": 2208},
+         "rates": {"chest_radiographs": {"test": {"n": 24, "refused": 1, "refused_by": {"unlike_chest_radiographs": 1},
+                                                  "false_rejection_rate": 1 / 24}},
+                   "out_of_scope": {"limb_radiograph": {"n": 20, "refused": 19, "miss_rate": 0.05,
+                                                        "refused_by": {"unlike_chest_radiographs": 19}}},
+                   "out_of_scope_source": "generated pictures, 20 per kind"}}
+
+
+def test_markdown_describes_the_out_of_scope_gate_and_its_measured_rates():
+    text = render_model_card(make_card(scope=SCOPE))
+    section = text.split("## Out-of-scope gate")[1].split("## Known limits")[0]
+    assert "Mahalanobis" in section and "threshold 37.9 over 2208 features" in section
+    assert "| chest radiographs, test split | 24 | 1 | false rejection 4.2% |" in section
+    assert "| limb radiograph | 20 | 19 (unlike_chest_radiographs 19) | miss 5.0% |" in section
+    assert "generated pictures" in section
+    unfitted = render_model_card(make_card()).split("## Out-of-scope gate")[1]
+    assert "no feature gate was fitted" in unfitted

@@ -36,3 +36,29 @@ def test_a_stale_export_is_never_used(exported, tmp_path):
     assert not onnx_export_matches(directory, card)
     with pytest.raises(RuntimeError, match="cxr export"):
         OnnxClassifier(directory, card)
+
+
+def test_onnx_gives_the_gate_the_same_features_as_torch(exported):
+    from cxr_model.scope import load_scope
+
+    torch_classifier = load_checkpoint(exported, device="cpu")
+    onnx_classifier = OnnxClassifier(exported, torch_classifier.card, threads=1)
+    _, gate = load_scope(exported, torch_classifier.card)
+    x = torch.randn(3, 3, 64, 64)
+    torch_probs, torch_features = torch_classifier.predict_with_features(x)
+    onnx_probs, onnx_features = onnx_classifier.predict_with_features(x)
+    assert onnx_features.shape == torch_features.shape == (3, gate.mean.shape[0])
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
+    np.testing.assert_allclose(gate.distances(onnx_features), gate.distances(torch_features), rtol=1e-3)
+
+
+def test_an_export_without_the_features_output_is_stale(exported, tmp_path):
+    import json
+
+    directory = tmp_path / "old-export"
+    shutil.copytree(exported, directory)
+    record = json.loads((directory / "onnx.json").read_text())
+    assert record["outputs"] == ["logits", "features"]
+    del record["outputs"]  # as written before the out-of-scope gate existed
+    (directory / "onnx.json").write_text(json.dumps(record))
+    assert not onnx_export_matches(directory, load_network(directory)[1])

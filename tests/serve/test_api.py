@@ -155,7 +155,8 @@ def test_model_card_health_and_readiness(service):
 def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(service, db):
     from tests.conftest import make_dicom
 
-    pixels = (render_chest("Normal", np.random.default_rng(7)) * 4095).astype(np.uint16)
+    # MONOCHROME1 stores white as the lowest value: inverted levels that decode back to the chest picture.
+    pixels = 4095 - (render_chest("Normal", np.random.default_rng(7)) * 4095).astype(np.uint16)
     data = make_dicom(pixels, bits_stored=12, photometric="MONOCHROME1", patient_id="DCM-HDR-1",
                       preamble=b"\x89PNG" + b"\x41" * 124)
     response = service.http.post("/api/v1/predictions", data={"save": "1"},

@@ -9,8 +9,10 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import yaml
 
+from tests.conftest import png_bytes
 from tests.serve.test_api import chest_png
 
 K8S = Path(__file__).resolve().parents[2] / "k8s" / "base"
@@ -32,10 +34,11 @@ def exported_series(text: str) -> set[str]:
 def test_dashboard_and_alerts_query_only_exported_series(service, mongo_server, ray_metrics_url):
     wanted = queried_series()
     assert len(wanted["dashboard"]) >= 10 and len(wanted["alerts"]) >= 4
-    # Traffic that makes every series exist: predictions, a rejection, a 404, a failed save.
+    # Traffic that makes every series exist: predictions, rejections (one out of scope), a 404, a failed save.
     for i in range(3):
         assert service.predict(chest_png(300 + i), save="1").status_code == 200
     service.predict(b"not an image")
+    service.predict(png_bytes(np.full((64, 64), 128, np.uint8)))  # blank: out of scope
     service.http.get("/api/v1/predictions/no-such-id")
     mongo_server.stop()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -103,6 +104,36 @@ def test_run_directory_holds_card_config_manifest_curves_and_report(trained_run)
         assert (out / "evaluation" / name).is_file()
     history = json.loads((out / "stage2" / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+
+
+def test_the_out_of_scope_gate_is_fitted_measured_and_served_from_the_card(trained_run):
+    from cxr_model.checkpoint import load_network
+    from cxr_model.scope import load_scope
+    from training.scope import assess
+    from training.synthetic import OUT_OF_SCOPE_KINDS, render_out_of_scope
+
+    out, final, config = trained_run
+    card = read_card(final)
+    gate_record, rates = card.scope["feature_gate"], card.scope["rates"]
+    manifest = load_manifest(out / "split_manifest.json")
+    n_train = sum(e["split"] == "train" for e in manifest["entries"])
+    assert gate_record["fitted_on"] == f"train split, {n_train} images"
+    assert gate_record["target_false_rejection"] == config.scope_false_rejection
+    limits, gate = load_scope(final, card)  # verifies the file against the card's sha256
+    assert gate.threshold == gate_record["threshold"]
+    assert rates["chest_radiographs"]["test"]["n"] == card.metrics["test"]["n"]
+    assert set(rates["out_of_scope"]) == set(OUT_OF_SCOPE_KINDS)
+    for kind in ("colour_photo", "blank", "noise"):  # the image checks catch these every time
+        assert rates["out_of_scope"][kind]["miss_rate"] == 0.0, rates["out_of_scope"][kind]
+    # The recorded rates are reproducible from the checkpoint alone.
+    model, _ = load_network(final)
+    from cxr_model.classifier import Classifier
+    rng = np.random.default_rng(99)
+    verdicts, _ = assess(Classifier(model, card, device="cpu"), limits, gate,
+                         [render_out_of_scope("limb_radiograph", rng) for _ in range(10)])
+    assert all(v.reason in (None, "unlike_chest_radiographs") for v in verdicts)
+    text = (final / "MODEL_CARD.md").read_text()
+    assert "## Out-of-scope gate" in text and "false rejection" in text and "miss" in text
 
 
 @pytest.fixture(scope="module")

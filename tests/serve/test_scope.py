@@ -1,0 +1,78 @@
+"""The out-of-scope gate in the running service: API, pages and metrics. Real Ray, DB and HTTP."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+
+from cxr_model.checkpoint import read_card
+from cxr_model.scope import REASONS
+from tests.serve.test_api import chest_png, stored_counts
+from tests.serve.test_pages import HX, post_study
+from training.synthetic import render_out_of_scope
+
+CASES = [("colour_photo", "colour_image"), ("blank", "blank_image"), ("noise", "noise_image"),
+         ("limb_radiograph", "unlike_chest_radiographs"), ("skull_radiograph", "unlike_chest_radiographs"),
+         ("greyscale_photo", "unlike_chest_radiographs")]
+
+
+def picture(kind: str, seed: int = 0, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    render_out_of_scope(kind, np.random.default_rng(seed)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind, reason", CASES, ids=[c[0] for c in CASES])
+def test_out_of_scope_pictures_get_a_reason_and_no_label(service, db, kind, reason):
+    before = stored_counts(db)
+    response = service.predict(picture(kind, seed=1), patient_id="P-SCOPE-1", save="1")
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "out_of_scope" and error["reason"] == reason and error["field"] == "image"
+    assert error["message"] == REASONS[reason]
+    assert not {"probabilities", "top_label", "confidence"} & set(response.json())
+    if reason == "unlike_chest_radiographs":  # passed the image checks; refused by the feature gate
+        assert error["measures"]["feature_distance"] > error["measures"]["feature_threshold"]
+        assert error["measures"]["feature_threshold"] == read_card(service.checkpoint).scope["feature_gate"]["threshold"]
+    assert stored_counts(db) == before
+
+
+def test_chest_radiographs_still_get_labels_and_the_model_names_its_gate(service):
+    for seed in (900, 901, 902):
+        response = service.predict(chest_png(seed), patient_id="P-SCOPE-2")
+        assert response.status_code == 200, response.text
+        assert response.json()["model"]["scope_gate"]["feature_gate"] is True
+
+
+def test_jpeg_photo_is_judged_by_content_not_format(service):
+    response = service.predict(picture("colour_photo", seed=2, fmt="JPEG"), filename="chest.png", patient_id="P-SCOPE-3")
+    assert response.status_code == 422 and response.json()["error"]["reason"] == "colour_image"
+
+
+@pytest.mark.parametrize("htmx", [False, True])
+def test_pages_show_the_reason_beside_the_image_field_and_no_result(service, db, htmx):
+    before = stored_counts(db)
+    response = post_study(service, picture("limb_radiograph", seed=3), htmx=htmx, save="1")
+    assert response.status_code == 422
+    assert "does not look like the frontal chest radiographs" in response.text
+    assert '<meter' not in response.text and "COVID-19" not in response.text
+    assert stored_counts(db) == before
+
+
+def test_out_of_scope_refusals_are_counted_by_reason(service, ray_metrics_url):
+    def count(reason: str) -> float:
+        text = httpx.get(ray_metrics_url, timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ray_cxr_out_of_scope_total{") and f'reason="{reason}"' in line)
+
+    before = count("noise_image")
+    assert service.predict(picture("noise", seed=5)).status_code == 422
+    # Ray exports application metrics every few seconds.
+    import time
+    deadline = time.monotonic() + 30
+    while count("noise_image") < before + 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert count("noise_image") == before + 1
