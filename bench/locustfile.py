@@ -54,6 +54,9 @@ class ReadingWorkstation(HttpUser):
 
     def on_start(self) -> None:
         self.saved: list[str] = []
+        # CXR_API_KEY: a key from `cxr keys create` (give it a --rate-limit above the load you plan).
+        if os.environ.get("CXR_API_KEY"):
+            self.client.headers["Authorization"] = f"Bearer {os.environ['CXR_API_KEY']}"
 
     def _upload(self, name: str, save: bool) -> dict | None:
         patient = random.choice(PATIENTS)

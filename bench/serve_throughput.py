@@ -275,7 +275,8 @@ def deploy_served(checkpoint: Path, port: int, args, mongodb_uri: str | None) ->
     app = config["applications"][0]
     app["args"]["checkpoint"] = str(checkpoint)
     env = {"CXR_MONGODB_URI": mongodb_uri} if mongodb_uri else {}
-    app["runtime_env"] = {"env_vars": {"CXR_MONGODB_DATABASE": "bench", **env}}
+    # A loopback-only benchmark of the serving path: the app's own authentication is off, as in the demo.
+    app["runtime_env"] = {"env_vars": {"CXR_MONGODB_DATABASE": "bench", "CXR_AUTH": "off", "CXR_DEMO": "true", **env}}
     for deployment in app["deployments"]:
         if deployment["name"] == "BatchedClassifier":
             # Fixed replica count for a steady measurement (autoscaling would add them mid-phase).

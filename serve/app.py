@@ -7,6 +7,7 @@ and passed down to every deployment.
 """
 
 
+import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -37,8 +38,16 @@ def resolve_checkpoint(value: str) -> str:
     return str(path)
 
 
+def with_secrets(settings: ServeSettings) -> ServeSettings:
+    """Draw the session and pseudonym keys once, here, when the environment gives none: every
+    replica then shares them (they change on redeploy; production sets both from a Secret)."""
+    updates = {name: secrets.token_urlsafe(32) for name in ("session_secret", "pseudonym_key")
+               if not getattr(settings, name)}
+    return settings.model_copy(update=updates) if updates else settings
+
+
 def build_app(args: AppArgs) -> Application:
-    settings = ServeSettings()
+    settings = with_secrets(ServeSettings())
     checkpoint = resolve_checkpoint(settings.checkpoint or args.checkpoint)
     classifier = BatchedClassifier.bind(checkpoint, args.device, args.runtime, args.compile)
     store = ResultStore.bind(settings.model_dump())

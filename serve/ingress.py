@@ -23,13 +23,13 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cxr_model.preprocessing import sniff_format
+from serve.auth import Access, Authentication, identity_of
 from serve.inputs import InputError, validate_patient_id
 from serve.pages import Pages
 from serve.security import SecurityHeaders
 from serve.settings import ServeSettings
 from serve.store import IMAGE_KINDS
-from serve.studies import InvalidStudy, ModelChanging, StudyService, public_record, read_upload
+from serve.studies import InvalidStudy, StudyService, Unavailable, image_response, public_record, read_upload
 from ui.views import STATIC_DIR
 
 OPENAPI = yaml.safe_load((Path(__file__).with_name("openapi.yaml")).read_text())
@@ -64,13 +64,14 @@ class Ingress:
         self.store = store
         self.settings = ServeSettings(**settings)
         self.studies = StudyService(classifier, store, self.settings)
-        self.pages = Pages(self.studies, store)
+        self.access = Access(self.settings, store)
+        self.pages = Pages(self.studies, store, self.access)
 
     def __serve_build_asgi_app__(self) -> Starlette:
         api = [Route(path, getattr(self, name), methods=methods) for path, name, methods in ROUTES]
         return Starlette(routes=api + self.pages.routes() + [Mount("/static", StaticFiles(directory=STATIC_DIR))],
                          exception_handlers={PyMongoError: database_unavailable},
-                         middleware=[Middleware(SecurityHeaders)])
+                         middleware=[Middleware(SecurityHeaders), Middleware(Authentication, access=self.access)])
 
     async def create_prediction(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -82,16 +83,15 @@ class Ingress:
         except InvalidStudy as exc:
             return _error(exc.first)
         try:
-            prediction = await self.studies.predict(inputs, started)
+            prediction = await self.studies.predict_within_deadline(inputs, started)
         except InvalidStudy as exc:  # out of scope: not a chest radiograph
             return _error(exc.first)
-        except ModelChanging:
-            return JSONResponse({"error": {"code": "model_changing",
-                                           "message": "the model is being replaced; retry in a moment"}},
-                                503, headers={"Retry-After": "2"})
+        except Unavailable as exc:
+            return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, exc.status,
+                                headers={"Retry-After": str(exc.retry_after)})
         body = prediction.api_body()
         if inputs.save:
-            saved = await self.studies.save(prediction)
+            saved = await self.studies.save(prediction, identity_of(request))
             body["saved"], body["prediction_id"] = saved["saved"], saved["prediction_id"]
             if not saved["saved"]:
                 body["save_error"] = saved["reason"]
@@ -99,7 +99,7 @@ class Ingress:
         return JSONResponse(body)
 
     async def get_prediction(self, request: Request) -> Response:
-        record = await self.store.get.remote(request.path_params["prediction_id"])
+        record = await self.store.get.remote(request.path_params["prediction_id"], identity_of(request))
         if record is None:
             return JSONResponse({"error": {"code": "not_found", "message": "no such prediction"}}, 404)
         return JSONResponse(public_record(record))
@@ -109,11 +109,10 @@ class Ingress:
         if kind not in IMAGE_KINDS:
             return JSONResponse({"error": {"code": "bad_kind", "message": f"kind must be one of {IMAGE_KINDS}",
                                            "field": "kind"}}, 400)
-        data = await self.store.image.remote(request.path_params["prediction_id"], kind)
+        data = await self.store.image.remote(request.path_params["prediction_id"], kind, identity_of(request))
         if data is None:
             return JSONResponse({"error": {"code": "not_found", "message": "no such image"}}, 404)
-        media = {"jpeg": "image/jpeg", "dicom": "application/dicom"}.get(sniff_format(data), "image/png")
-        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+        return image_response(data)
 
     async def patient_predictions(self, request: Request) -> Response:
         try:
@@ -126,7 +125,7 @@ class Ingress:
             return _error(exc)
         except ValueError:
             return _error(InputError(400, "bad_page", "page >= 1 and 1 <= page_size <= 100", "page"))
-        records, total = await self.store.by_patient.remote(patient_id, page, page_size)
+        records, total = await self.store.by_patient.remote(patient_id, page, page_size, identity_of(request))
         return JSONResponse({"patient_id": patient_id, "page": page, "page_size": page_size, "total": total,
                              "items": [public_record(r) for r in records]})
 

@@ -23,13 +23,20 @@ from starlette.routing import Route
 from cxr_model.annotate import DEMO_NOTICE, NOTICE
 from cxr_model.preprocessing import display_image, open_image
 from serve import csrf
+from serve.auth import Access, identity_of
 from serve.inputs import InputError, validate_patient_id
-from serve.studies import InvalidStudy, ModelChanging, Prediction, StudyService, public_record, read_upload
+from serve.store import IMAGE_KINDS
+from serve.studies import (
+    InvalidStudy, Prediction, StudyService, Unavailable, image_response, public_record, read_upload,
+)
 from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, is_htmx, probability_rows
 
 DISPLAY_SIDE = 1024  # the result view's image size; stored images keep full resolution
 THUMBNAIL_SIDE = 160
 PAGE_SIZE = 10
+UNAVAILABLE = {"model_changing": "The model is being replaced. Try again in a moment.",
+               "overloaded": "The service is busy right now. Try again in a few seconds.",
+               "timeout": "The prediction took too long. Try again in a few seconds."}
 
 
 class HeldUploads:
@@ -84,8 +91,8 @@ def result_view(prediction: Prediction, saved: dict | None = None, can_save: boo
 
 
 class Pages:
-    def __init__(self, studies: StudyService, store: DeploymentHandle):
-        self.studies, self.store = studies, store
+    def __init__(self, studies: StudyService, store: DeploymentHandle, access: Access):
+        self.studies, self.store, self.access = studies, store, access
         self.renderer = PageRenderer(NOTICE, DEMO_NOTICE)
         self.held = HeldUploads()
 
@@ -95,8 +102,12 @@ class Pages:
                 Route("/studies/save", self.save_study, methods=["POST"]),
                 Route("/studies/{prediction_id}", self.study, methods=["GET"]),
                 Route("/studies/{prediction_id}/thumbnail", self.thumbnail, methods=["GET"]),
+                Route("/studies/{prediction_id}/image", self.study_image, methods=["GET"]),
                 Route("/patients", self.patients, methods=["GET"]),
-                Route("/model", self.model, methods=["GET"])]
+                Route("/model", self.model, methods=["GET"]),
+                Route("/login", self.login_form, methods=["GET"]),
+                Route("/login", self.login, methods=["POST"]),
+                Route("/logout", self.logout, methods=["POST"])]
 
     async def _synthetic_demo(self) -> bool:
         try:
@@ -108,6 +119,9 @@ class Pages:
         template = partial if partial and is_htmx(request.headers) else full
         context["synthetic_demo"] = await self._synthetic_demo()
         context["csrf_token"], new_token = csrf.token_for(request.cookies)
+        context["auth_off"] = self.access.off
+        identity = getattr(request.state, "identity", None)
+        context["user"] = identity.name if identity is not None and not self.access.off else None
         headers = {"Cache-Control": "no-store", "Vary": "HX-Request"}  # pages show patient data
         response = HTMLResponse(self.renderer.render(template, **context), status, headers=headers)
         if new_token:
@@ -157,13 +171,14 @@ class Pages:
             status = max((e.status for e in exc.errors), key=lambda s: (s != 400, s))
             return await self._study_error(request, status, upload.fields, errors, keep)
         try:
-            prediction = await self.studies.predict(inputs, started)
+            prediction = await self.studies.predict_within_deadline(inputs, started)
         except InvalidStudy as exc:  # out of scope: the reason goes beside the image field, no label
             return await self._study_error(request, exc.first.status, upload.fields, field_messages(exc.triples()))
-        except ModelChanging:
-            return await self._study_error(request, 503, upload.fields,
-                                           {"form": "The model is being replaced. Try again in a moment."})
-        saved = await self.studies.save(prediction) if inputs.save else None
+        except Unavailable as exc:
+            response = await self._study_error(request, exc.status, upload.fields, {"form": UNAVAILABLE[exc.code]})
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        saved = await self.studies.save(prediction, identity_of(request)) if inputs.save else None
         can_save = not (saved and saved["saved"])
         if can_save:
             self.held.put(inputs.request_id, prediction, len(inputs.data))
@@ -185,7 +200,7 @@ class Pages:
                        "Choose the image again and tick 'Save to record'.")
             return await self._study_error(request, 409, {}, {"form": message})
         # Kept after saving: a repeated click saves nothing new (the request id is the record's key).
-        saved = await self.studies.save(prediction)
+        saved = await self.studies.save(prediction, identity_of(request))
         if saved["saved"] and not is_htmx(request.headers):
             return RedirectResponse(f"/studies/{saved['prediction_id']}", 303)
         return await self._page(request, "new_study.html", "_study_result.html",
@@ -194,7 +209,7 @@ class Pages:
 
     async def study(self, request: Request) -> Response:
         try:
-            record = await self.store.get.remote(request.path_params["prediction_id"])
+            record = await self.store.get.remote(request.path_params["prediction_id"], identity_of(request))
         except Exception:
             return await self._page(request, "message.html", None, 503, title="Records unavailable",
                                     message="The database cannot be reached. Try again shortly.")
@@ -202,14 +217,26 @@ class Pages:
             return await self._page(request, "message.html", None, 404, title="Study not found",
                                     message="No stored study has this ID.")
         record = public_record(record)
+        # The page's own image route: the browser holds a session cookie, not the API's bearer key.
+        record["images"] = {kind: f"/studies/{record['prediction_id']}/image?kind={kind}" for kind in record["images"]}
         model = record["model"]
         rows = probability_rows(record["probabilities"], model["labels"], model.get("thresholds"),
                                 record.get("positives"))
         return await self._page(request, "study.html", None, record=record, rows=rows)
 
+    async def study_image(self, request: Request) -> Response:
+        kind = request.query_params.get("kind", "original")
+        if kind not in IMAGE_KINDS:
+            return Response("unknown image kind", 400, media_type="text/plain")
+        try:
+            data = await self.store.image.remote(request.path_params["prediction_id"], kind, identity_of(request))
+        except Exception:
+            return Response(status_code=503)
+        return Response(status_code=404) if data is None else image_response(data)
+
     async def thumbnail(self, request: Request) -> Response:
         try:
-            data = await self.store.image.remote(request.path_params["prediction_id"], "original")
+            data = await self.store.thumbnail_source.remote(request.path_params["prediction_id"])
         except Exception:
             return Response(status_code=503)
         if data is None:
@@ -226,7 +253,7 @@ class Pages:
             try:
                 patient_id = validate_patient_id(raw)
                 page = max(1, int(request.query_params.get("page", "1") or 1))
-                records, total = await self.store.by_patient.remote(patient_id, page, PAGE_SIZE)
+                records, total = await self.store.by_patient.remote(patient_id, page, PAGE_SIZE, identity_of(request))
                 context.update(items=[public_record(r) for r in records], total=total, page=page,
                                pages=(total + PAGE_SIZE - 1) // PAGE_SIZE)
             except InputError as exc:
@@ -241,3 +268,43 @@ class Pages:
         card = (await self.studies.card(refresh=True)).to_dict()
         return await self._page(request, "model.html", None, card=card,
                                 metrics=headline_metrics(card.get("metrics") or {}))
+
+    async def login_form(self, request: Request, status: int = 200, error: str | None = None) -> Response:
+        return await self._page(request, "login.html", None, status, error=error, mode=self.access.settings.auth,
+                                next=_local_path(request.query_params.get("next")))
+
+    async def login(self, request: Request) -> Response:
+        """An API key pasted once starts a page session (HttpOnly, SameSite=Strict cookie)."""
+        form = await request.form(max_files=0, max_fields=4, max_part_size=1024)
+        token, submitted, target = str(form.get("api_key", "")).strip(), form.get(csrf.FIELD), form.get("next")
+        await form.close()
+        if not csrf.valid(request.cookies, submitted):
+            return await self.login_form(request, 403, "This form has expired. Reload the page and try again.")
+        if self.access.settings.auth != "api_key":
+            return RedirectResponse("/", 303)
+        identity = await self.access.verify_token(token) if token else None
+        if identity is None:
+            return await self.login_form(request, 401, "This API key is not valid or has been revoked.")
+        await self.store.record_login.remote(identity, request.client.host if request.client else None)
+        response = RedirectResponse(_local_path(target), 303)
+        secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        response.headers.append("set-cookie", self.access.sessions.cookie_header(
+            self.access.sessions.issue(identity.key_id), secure))
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=2, max_part_size=1024)
+        submitted = form.get(csrf.FIELD)
+        await form.close()
+        if not csrf.valid(request.cookies, submitted):
+            return await self._forbidden(request)
+        response = RedirectResponse("/login", 303)
+        response.headers.append("set-cookie", self.access.sessions.clear_header())
+        return response
+
+
+def _local_path(target) -> str:
+    """Where to go after login: a path on this site only (no open redirect)."""
+    if isinstance(target, str) and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"

@@ -7,7 +7,9 @@ limits) comes from the environment, so one image runs everywhere.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,3 +25,25 @@ class ServeSettings(BaseSettings):
     mongodb_timeout_ms: int = Field(default=3000, ge=100)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=50_000_000, ge=1024)
+
+    # Who may call: api_key (bearer tokens for the API, a login session for the pages), proxy (an SSO
+    # reverse proxy's identity header, trusted only from trusted_proxies), or off (the local demo only).
+    auth: Literal["api_key", "proxy", "off"] = "api_key"
+    demo: bool = False  # set by scripts/run.sh; nothing else may turn auth off
+    proxy_user_header: str = "X-Forwarded-User"
+    trusted_proxies: str = ""  # comma-separated CIDRs of the reverse proxies allowed to send that header
+    # Signing key for page sessions and keyed pseudonyms of patient IDs in logs. Set both in production
+    # (a Secret); left empty, the app builder draws random ones (sessions end and pseudonyms change on redeploy).
+    session_secret: str = ""
+    pseudonym_key: str = ""
+    session_hours: float = Field(default=12, gt=0, le=24 * 7)
+    rate_limit_per_minute: int = Field(default=600, ge=1)  # per API key / user, per Ingress replica
+    request_timeout_s: float = Field(default=30, gt=0)  # a prediction that takes longer gets a 504
+
+    @model_validator(mode="after")
+    def _auth_off_only_in_the_demo(self):
+        if self.auth == "off" and not self.demo:
+            raise ValueError("CXR_AUTH=off is allowed only in the local demo (CXR_DEMO=true, scripts/run.sh)")
+        if self.auth == "proxy" and not self.trusted_proxies.strip():
+            raise ValueError("CXR_AUTH=proxy needs CXR_TRUSTED_PROXIES (the reverse proxies' CIDRs)")
+        return self

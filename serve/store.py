@@ -10,6 +10,7 @@ it never claims a save that did not happen.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime, timezone
 
@@ -19,7 +20,10 @@ from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError, W
 from ray import serve
 from ray.serve.metrics import Counter
 
+from serve.access import ApiKeys, AuditLog, Identity, pseudonym
 from serve.settings import ServeSettings
+
+logger = logging.getLogger("ray.serve")
 
 PREDICTIONS = "predictions"
 IMAGE_KINDS = ("original", "annotated", "gradcam")
@@ -152,23 +156,58 @@ class ResultStore:
 
             uri = ray.get(embedded_mongodb(config.embedded_db_dir, config.embedded_db_port).uri.remote())
         self.repo = ResultRepository(uri, config.mongodb_database, config.mongodb_timeout_ms)
+        self.keys, self.audit = ApiKeys(self.repo.db), AuditLog(self.repo.db)
+        self.pseudonym_key = config.pseudonym_key
         self.failures = Counter("cxr_storage_failures_total", description="saves that could not be stored",
                                 tag_keys=("operation",))
 
-    def save(self, record: dict, images: dict[str, bytes]) -> dict:
+    def _log(self, actor: Identity, action: str, prediction_id: str | None, patient_id: str | None) -> None:
+        # Logs name patients by keyed pseudonym only; the audit collection keeps the real ID.
+        who = pseudonym(patient_id, self.pseudonym_key) if patient_id else "-"
+        logger.info("%s by %s: study %s, patient %s", action, actor.name, prediction_id or "-", who)
+
+    def save(self, record: dict, images: dict[str, bytes], actor: Identity) -> dict:
         result = self.repo.save(record, images)
         if not result["saved"]:
             self.failures.inc(tags={"operation": "save"})
+        elif not result["duplicate"]:
+            self.audit.record(actor, "create", prediction_id=result["prediction_id"], patient_id=record["patient_id"])
+            self._log(actor, "create", result["prediction_id"], record["patient_id"])
         return result
 
-    def get(self, prediction_id: str) -> dict | None:
-        return self.repo.get(prediction_id)
+    def get(self, prediction_id: str, actor: Identity) -> dict | None:
+        record = self.repo.get(prediction_id)
+        if record is not None:
+            self.audit.record(actor, "view", prediction_id=prediction_id, patient_id=record["patient_id"])
+            self._log(actor, "view", prediction_id, record["patient_id"])
+        return record
 
-    def image(self, prediction_id: str, kind: str) -> bytes | None:
-        return self.repo.image(prediction_id, kind)
+    def image(self, prediction_id: str, kind: str, actor: Identity) -> bytes | None:
+        record = self.repo.get(prediction_id)
+        data = self.repo.image(prediction_id, kind)
+        if data is not None:
+            self.audit.record(actor, "export", prediction_id=prediction_id, patient_id=record["patient_id"],
+                              detail=kind)
+            self._log(actor, f"export {kind}", prediction_id, record["patient_id"])
+        return data
 
-    def by_patient(self, patient_id: str, page: int, page_size: int):
+    def thumbnail_source(self, prediction_id: str) -> bytes | None:
+        """The original for a search-result thumbnail: covered by the search's audit entry."""
+        return self.repo.image(prediction_id, "original")
+
+    def by_patient(self, patient_id: str, page: int, page_size: int, actor: Identity):
+        self.audit.record(actor, "search", patient_id=patient_id, detail=f"page {page}")
+        self._log(actor, "search", None, patient_id)
         return self.repo.by_patient(patient_id, page, page_size)
+
+    def verify_key(self, token: str) -> Identity | None:
+        return self.keys.verify(token)
+
+    def key_identity(self, key_id: str) -> Identity | None:
+        return self.keys.identity(key_id)
+
+    def record_login(self, actor: Identity, client: str | None) -> None:
+        self.audit.record(actor, "login", client=client)
 
     def ping(self) -> bool:
         return self.repo.ping()

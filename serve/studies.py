@@ -7,12 +7,15 @@ first problem; the pages show every field's problem next to that field.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.requests import Request
@@ -23,6 +26,7 @@ from cxr_model.dicom import zero_preamble
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.labels import MULTICLASS
 from cxr_model.scope import ImageLimits, ScopeVerdict, check_image
+from serve.access import Identity
 from serve.inputs import (
     InputError, decode_upload, dicom_patient_id, model_levels, validate_patient_id, validate_request_id,
 )
@@ -187,8 +191,35 @@ def public_record(record: dict) -> dict:
     return out
 
 
-class ModelChanging(RuntimeError):
+class Unavailable(RuntimeError):
+    """The service cannot answer this request now; the client should retry after ``retry_after`` s."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int):
+        super().__init__(message)
+        self.status, self.code, self.retry_after = status, code, retry_after
+
+
+def image_response(data: bytes):
+    """A stored image as an HTTP response, typed by its magic bytes (stored originals may be DICOM)."""
+    from starlette.responses import Response
+
+    from cxr_model.preprocessing import sniff_format
+
+    media = {"jpeg": "image/jpeg", "dicom": "application/dicom"}.get(sniff_format(data), "image/png")
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+class ModelChanging(Unavailable):
     """A roll replaced the model between two calls; the client should retry shortly."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__(503, "model_changing", "the model is being replaced; retry in a moment", 2)
+
+
+# A replica that died (killed, OOM, node lost) while holding our call. Predictions are pure
+# functions of the upload, so they are retried until the deadline; saves never are (see save).
+REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+RETRY_PAUSE_S = 0.5
 
 
 class StudyService:
@@ -199,6 +230,10 @@ class StudyService:
                                 tag_keys=("reason",))
         self.predictions = Counter("cxr_predictions_total", description="predictions served, by top label",
                                    tag_keys=("label", "model_version"))
+        self.retries = Counter("cxr_prediction_retries_total", description="predictions retried after a replica "
+                               "died under them", tag_keys=("reason",))
+        self.overloaded = Counter("cxr_unavailable_total", description="predictions answered 503/504 (queue full "
+                                  "or timeout)", tag_keys=("reason",))
         self.out_of_scope = Counter("cxr_out_of_scope_total", description="uploads refused as not a chest "
                                     "radiograph, by reason", tag_keys=("reason",))
         self.stage_seconds = Histogram("cxr_stage_seconds", description="time per request stage",
@@ -264,8 +299,30 @@ class StudyService:
                 prediction.heatmap, prediction.gradcam_label = cam["heatmap"], cam["label"]
         return prediction
 
-    async def save(self, prediction: Prediction) -> dict:
+    async def predict_within_deadline(self, inputs: StudyInputs, started: float) -> Prediction:
+        """``predict`` bounded by the request timeout, retried when a replica dies under it;
+        overload and timeouts become ``Unavailable`` (503/504 with Retry-After), never a hang."""
+        deadline = started + self.settings.request_timeout_s
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(self.predict(inputs, started), max(0.01, deadline - time.perf_counter()))
+                except REPLICA_GONE:
+                    self.retries.inc(tags={"reason": "replica_gone"})
+                    if time.perf_counter() + RETRY_PAUSE_S >= deadline:
+                        raise
+                    await asyncio.sleep(RETRY_PAUSE_S)
+        except BackPressureError as exc:
+            self.overloaded.inc(tags={"reason": "classifier_queue_full"})
+            raise Unavailable(503, "overloaded", "the service is at capacity; retry shortly", 2) from exc
+        except (asyncio.TimeoutError, *REPLICA_GONE) as exc:
+            self.overloaded.inc(tags={"reason": "timeout"})
+            raise Unavailable(504, "timeout", f"no prediction within {self.settings.request_timeout_s:g} s; "
+                                              "retry shortly", 5) from exc
+
+    async def save(self, prediction: Prediction, actor: Identity) -> dict:
         started = time.perf_counter()
-        saved = await self.store.save.remote(prediction.record(), prediction.stored_images())
+        record = prediction.record() | {"created_by": actor.name}
+        saved = await self.store.save.remote(record, prediction.stored_images(), actor)
         self.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
         return saved

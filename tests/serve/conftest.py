@@ -14,6 +14,8 @@ import yaml
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from serve.access import ApiKeys
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -54,6 +56,9 @@ class MongoServer:
             self.process.wait(timeout=30)
 
 
+PSEUDONYM_KEY = "test-pseudonym-key"
+
+
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory):
     server = MongoServer(tmp_path_factory.mktemp("secantus") / "db")
@@ -86,9 +91,11 @@ def deploy(config: dict) -> None:
 
 
 class Service:
-    def __init__(self, base_url: str, checkpoint: Path, env: dict, port: int):
-        self.base_url, self.checkpoint, self.env, self.port = base_url, checkpoint, env, port
-        self.http = httpx.Client(base_url=base_url, timeout=120)
+    def __init__(self, base_url: str, checkpoint: Path, env: dict, port: int, api_key: str):
+        self.base_url, self.checkpoint, self.env, self.port, self.api_key = base_url, checkpoint, env, port, api_key
+        # Authentication is on, as in production: every request carries the suite's API key.
+        self.http = httpx.Client(base_url=base_url, timeout=120, headers={"Authorization": f"Bearer {api_key}"})
+        self.anonymous = httpx.Client(base_url=base_url, timeout=120)
 
     def predict(self, image: bytes, filename: str = "cxr.png", **fields) -> httpx.Response:
         data = {"patient_id": "P-0001", **{k: str(v) for k, v in fields.items()}}
@@ -106,10 +113,14 @@ def service(ray_cluster, mongo_server, tiny_checkpoint):
 
     port = free_port()
     env = {"CXR_MONGODB_URI": mongo_server.uri, "CXR_MONGODB_DATABASE": "cxr_test",
-           "CXR_MONGODB_TIMEOUT_MS": "1500"}
+           "CXR_MONGODB_TIMEOUT_MS": "1500", "CXR_AUTH": "api_key", "CXR_PSEUDONYM_KEY": PSEUDONYM_KEY,
+           "CXR_SESSION_SECRET": "test-session-secret-0123456789abcdef"}
+    # The suite's own key, made the way an administrator does (`cxr keys create`), with a limit
+    # high enough for the load tests; rate limiting is tested with keys of its own.
+    _, api_key = ApiKeys(MongoClient(mongo_server.uri)["cxr_test"]).create("test-suite", "admin", 100_000)
     # A longer batch window than production so concurrent test requests reliably share batches.
     deploy(deploy_config(tiny_checkpoint, port, env, {"batch_wait_timeout_s": 0.2}))
-    svc = Service(f"http://127.0.0.1:{port}", tiny_checkpoint, env, port)
+    svc = Service(f"http://127.0.0.1:{port}", tiny_checkpoint, env, port, api_key)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

@@ -41,7 +41,8 @@ def browser():
 class Session:
     """One browser context; records console errors so a broken script fails the test."""
 
-    def __init__(self, browser, base_url: str, name: str, javascript: bool = True, viewport=(1366, 768)):
+    def __init__(self, browser, base_url: str, name: str, javascript: bool = True, viewport=(1366, 768),
+                 api_key: str | None = None):
         self.context = browser.new_context(java_script_enabled=javascript, base_url=base_url,
                                            viewport={"width": viewport[0], "height": viewport[1]})
         self.context.set_default_timeout(TIMEOUT_MS)
@@ -49,6 +50,11 @@ class Session:
         self.name, self.step, self.errors = name, 0, []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        if api_key:  # sign in as a clinician does: paste the key once, the session cookie does the rest
+            self.page.goto("/login")
+            self.page.fill("#api_key", api_key)
+            self.page.click("form[action='/login'] button[type=submit]")
+            self.page.wait_for_url(base_url + "/")
 
     def shot(self, what: str) -> None:
         self.step += 1
@@ -102,7 +108,7 @@ def search_and_open(s: Session, patient: str, live: bool) -> None:
 
 def test_clinician_flow_with_htmx(browser, service, db):
     patient = f"P-E2E-{uuid.uuid4().hex[:8]}"
-    s = Session(browser, service.base_url, "htmx")
+    s = Session(browser, service.base_url, "htmx", api_key=service.api_key)
     try:
         s.page.goto("/")
         assert s.page.locator("#safety-notice").inner_text() == "Decision support only - not for diagnostic use"
@@ -134,7 +140,7 @@ def test_clinician_flow_with_htmx(browser, service, db):
 
 def test_the_same_flow_without_javascript(browser, service, db):
     patient = f"P-NOJS-{uuid.uuid4().hex[:8]}"
-    s = Session(browser, service.base_url, "nojs", javascript=False)
+    s = Session(browser, service.base_url, "nojs", javascript=False, api_key=service.api_key)
     try:
         s.page.goto("/")
         s.page.get_by_label("Patient ID").fill(patient)
@@ -154,7 +160,7 @@ def test_the_same_flow_without_javascript(browser, service, db):
 
 
 def test_errors_show_next_to_their_field_and_the_chosen_file_survives(browser, service, db):
-    s = Session(browser, service.base_url, "errors", viewport=(800, 1100))  # a tablet held upright
+    s = Session(browser, service.base_url, "errors", viewport=(800, 1100), api_key=service.api_key)  # a tablet held upright
     try:
         s.page.goto("/")
         s.page.get_by_label("Patient ID").fill("P-ERR-1")

@@ -75,7 +75,10 @@ def test_save_on_predict_redirects_to_the_stored_study(service, db):
     record = db["predictions"].find_one({"_id": prediction_id})
     assert record["patient_id"] == "P-PAGE-SAVE"
     for kind in ("original", "annotated"):
-        assert f"/api/v1/predictions/{prediction_id}/image?kind={kind}" in study.text
+        # The page's own image route, which takes the session (the API wants the bearer key).
+        assert f"/studies/{prediction_id}/image?kind={kind}" in study.text
+        assert service.http.get(f"/studies/{prediction_id}/image", params={"kind": kind}).status_code == 200
+    assert service.http.get(f"/studies/{prediction_id}/image", params={"kind": "xray"}).status_code == 400
     assert 'href="/patients?patient_id=P-PAGE-SAVE"' in study.text
     assert record["model"]["weights_sha256"][:12] in study.text
     thumb = service.http.get(f"/studies/{prediction_id}/thumbnail")
@@ -207,8 +210,10 @@ def test_form_posts_without_a_matching_csrf_token_are_refused_and_store_nothing(
 
     before = stored_counts(db)
     request_id = uuid.uuid4().hex
-    # A cross-site form: no cookie (SameSite=Strict keeps it home), whatever token it invents.
-    with httpx.Client(base_url=service.base_url, timeout=60) as stranger:
+    # A cross-site form riding a signed-in user's credentials: no CSRF cookie (SameSite=Strict keeps
+    # it home), whatever token it invents.
+    with httpx.Client(base_url=service.base_url, timeout=60,
+                      headers={"Authorization": f"Bearer {service.api_key}"}) as stranger:
         forged = stranger.post("/studies", data={"patient_id": "P-CSRF-1", "save": "1", "request_id": request_id,
                                                   "csrf_token": "x" * 43},
                                files={"image": ("cxr.png", chest_png(60), "image/png")})

@@ -45,7 +45,7 @@ class TokenRenderer:
         self.base = PageRenderer(NOTICE, "SYNTHETIC DEMO MODEL - not for clinical use")
 
     def render(self, template: str, **context) -> str:
-        return self.base.render(template, **{"csrf_token": TOKEN, **context})
+        return self.base.render(template, **{"csrf_token": TOKEN, "auth_off": False, "user": None, **context})
 
 
 @pytest.fixture
@@ -206,3 +206,12 @@ def test_vendored_htmx_is_the_pinned_file_and_nothing_loads_from_a_cdn():
         text = path.read_text()
         assert not re.search(r"https?://|//cdn|unpkg|jsdelivr", text), f"external reference in {path.name}"
         assert " on" + "click=" not in text and "style=" not in text, f"inline handler or style in {path.name}"
+
+
+def test_every_page_says_when_authentication_is_off_and_who_is_signed_in(renderer):
+    off = renderer.render("message.html", title="t", message="m", auth_off=True)
+    assert "Authentication is off: local demo only" in off and "Sign out" not in off
+    on = renderer.render("message.html", title="t", message="m", user="dr-<b>")
+    assert "Authentication is off" not in on
+    assert "Signed in as <strong>dr-&lt;b&gt;</strong>" in on and 'action="/logout"' in on
+    assert f'name="csrf_token" value="{TOKEN}"' in on  # signing out is a CSRF-protected post

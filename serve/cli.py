@@ -1,0 +1,80 @@
+"""``cxr keys`` and ``cxr audit``: the administrator's commands, straight to MongoDB (no Ray).
+
+They read the same ``CXR_*`` settings as the service: ``CXR_MONGODB_URI`` (default: the embedded
+server that ``scripts/run.sh`` starts on 127.0.0.1:``CXR_EMBEDDED_DB_PORT``) and ``CXR_MONGODB_DATABASE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timedelta, timezone
+
+from pymongo import MongoClient
+
+from serve.access import ROLES, ApiKeys, AuditLog
+from serve.settings import ServeSettings
+
+
+def _database(settings: ServeSettings):
+    uri = settings.mongodb_uri or f"mongodb://127.0.0.1:{settings.embedded_db_port}/"
+    client = MongoClient(uri, serverSelectionTimeoutMS=settings.mongodb_timeout_ms, tz_aware=True)
+    return client[settings.mongodb_database]
+
+
+def register_keys(subparsers) -> None:
+    parser = subparsers.add_parser("keys", help="create, list and revoke API keys")
+    actions = parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new key, printed once")
+    create.add_argument("--name", required=True, help="who or what uses it (recorded in the audit log)")
+    create.add_argument("--role", choices=ROLES, default="clinician")
+    create.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
+    revoke = actions.add_parser("revoke", help="revoke a key by its id (its sessions end within 30 s)")
+    revoke.add_argument("key_id")
+    actions.add_parser("list", help="every key: id, name, role, created, revoked")
+    parser.set_defaults(func=_keys)
+
+
+def _keys(args) -> int:
+    keys = ApiKeys(_database(ServeSettings()))
+    if args.action == "create":
+        key_id, token = keys.create(args.name, args.role, args.rate_limit)
+        print(f"key id: {key_id}\nAPI key (shown once, store it now): {token}")
+    elif args.action == "revoke":
+        if not keys.revoke(args.key_id):
+            print(f"no active key {args.key_id}")
+            return 1
+        print(f"revoked {args.key_id}")
+    else:
+        for key in keys.list():
+            revoked = key["revoked_at"].isoformat(timespec="seconds") if key.get("revoked_at") else "-"
+            print(f"{key['_id']}  {key['role']:<9}  created {key['created_at'].isoformat(timespec='seconds')}  "
+                  f"revoked {revoked}  {key['name']}")
+    return 0
+
+
+def register_audit(subparsers) -> None:
+    parser = subparsers.add_parser("audit", help="who created, viewed or exported which study (newest first)")
+    parser.add_argument("--patient-id")
+    parser.add_argument("--actor", help="a key name or SSO user")
+    parser.add_argument("--prediction-id")
+    parser.add_argument("--action", choices=("create", "view", "export", "search", "login"))
+    parser.add_argument("--days", type=float, help="only the last N days")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--format", choices=("text", "jsonl"), default="text")
+    parser.set_defaults(func=_audit)
+
+
+def _audit(args) -> int:
+    since = datetime.now(timezone.utc) - timedelta(days=args.days) if args.days else None
+    entries = AuditLog(_database(ServeSettings())).query(
+        patient_id=args.patient_id, actor=args.actor, prediction_id=args.prediction_id, action=args.action,
+        since=since, limit=args.limit)
+    for entry in entries:
+        if args.format == "jsonl":
+            print(json.dumps(entry, default=str))
+        else:
+            print(f"{entry['at'].isoformat(timespec='seconds')}  {entry['action']:<6}  {entry['actor']}  "
+                  f"study {entry.get('prediction_id') or '-'}  patient {entry.get('patient_id') or '-'}"
+                  + (f"  ({entry['detail']})" if entry.get("detail") else ""))
+    return 0
