@@ -68,10 +68,17 @@ def test_out_of_scope_refusals_are_counted_by_reason(service, ray_metrics_url):
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("ray_cxr_out_of_scope_total{") and f'reason="{reason}"' in line)
 
-    before = count("noise_image")
-    assert service.predict(picture("noise", seed=5)).status_code == 422
-    # Ray exports application metrics every few seconds.
     import time
+
+    # Ray exports application metrics every few seconds: let earlier tests' refusals land first.
+    before, settle = count("noise_image"), time.monotonic() + 40
+    while time.monotonic() < settle:
+        time.sleep(6)
+        now = count("noise_image")
+        if now == before:
+            break
+        before = now
+    assert service.predict(picture("noise", seed=5)).status_code == 422
     deadline = time.monotonic() + 30
     while count("noise_image") < before + 1 and time.monotonic() < deadline:
         time.sleep(1)
