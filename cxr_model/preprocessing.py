@@ -70,6 +70,29 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def trailing_bytes(data: bytes) -> int:
+    """Bytes after a PNG's IEND chunk or a JPEG's final end-of-image marker (zero padding aside).
+
+    Anything there is a second file riding along (a polyglot: HTML, ZIP, script) or damage; an
+    upload policy may refuse it. PNG chunks are walked, so a fake end marker inside the payload
+    does not fool it; for JPEG the file must end at its EOI marker.
+    """
+    fmt = sniff_format(data)
+    if fmt == "png":
+        pos = len(_PNG_MAGIC)
+        while pos + 8 <= len(data):
+            length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+            pos += 12 + length  # length, type, data, CRC
+            if kind == b"IEND":
+                return max(0, len(data) - pos)
+        return 0  # no end chunk: truncation, which decoding reports
+    if fmt == "jpeg":
+        body = data.rstrip(b"\0")
+        end = body.rfind(b"\xff\xd9")
+        return 0 if end == -1 else len(body) - (end + 2)
+    return 0
+
+
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Open and fully decode an image, raising ``ImageDecodeError`` for anything unusable."""
     if not data:

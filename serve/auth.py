@@ -8,7 +8,10 @@
 - ``off``: the local demo only (settings refuse it otherwise); every page says so.
 
 Verified keys are cached for ``CACHE_S`` per Ingress replica, so a revocation takes effect
-within that time. Each identity gets a token bucket: over the limit is a 429 with Retry-After.
+within that time. While the database is down, an identity verified in the last ``STALE_S``
+keeps working (predictions are still served, marked not saved); one that cannot be checked gets
+503 ``database_unavailable``, never a 401 or a 500. Each identity gets a token bucket: over the
+limit is a 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import OrderedDict
 from ipaddress import ip_address, ip_network
 from urllib.parse import quote
 
+from pymongo.errors import PyMongoError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -30,6 +34,7 @@ from serve.settings import ServeSettings
 
 SESSION_COOKIE = "cxr_session"
 CACHE_S = 30.0
+STALE_S = 900.0
 DEMO_IDENTITY = Identity("demo-user (authentication off)", None, "admin")
 PUBLIC_PATHS = ("/healthz", "/readyz", "/login", "/logout", "/api/v1/openapi.json")
 PUBLIC_PREFIXES = ("/static/",)
@@ -107,7 +112,7 @@ class Access:
         self.sessions = Sessions(settings.session_secret, settings.session_hours)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.proxies = [ip_network(c.strip(), strict=False) for c in settings.trusted_proxies.split(",") if c.strip()]
-        self._cache: OrderedDict[str, tuple[float, Identity | None]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, Identity]] = OrderedDict()
 
     @property
     def off(self) -> bool:
@@ -117,7 +122,12 @@ class Access:
         hit = self._cache.get(cache_key)
         if hit and hit[0] > time.monotonic():
             return hit[1]
-        identity = await lookup()
+        try:
+            identity = await lookup()
+        except PyMongoError:  # through Ray as a RayTaskError subclass of the pymongo error
+            if hit and hit[0] + STALE_S > time.monotonic():
+                return hit[1]
+            raise
         if identity is not None:  # misses are not cached: a key created a moment ago must work
             self._cache[cache_key] = (time.monotonic() + CACHE_S, identity)
             while len(self._cache) > 10_000:
@@ -168,6 +178,14 @@ def challenge(request: Request) -> Response:
     return RedirectResponse(login, 303)
 
 
+def key_store_unavailable(request: Request) -> Response:
+    message = "the database cannot be reached to check your key; retry shortly"
+    if is_api(request.url.path):
+        return JSONResponse({"error": {"code": "database_unavailable", "message": message}}, 503,
+                            headers={"Retry-After": "5"})
+    return Response(f"Service unavailable: {message}.", 503, media_type="text/plain", headers={"Retry-After": "5"})
+
+
 def too_many(request: Request, wait: float) -> Response:
     seconds = str(max(1, math.ceil(wait)))
     if is_api(request.url.path):
@@ -189,7 +207,11 @@ class Authentication:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        identity = await self.access.identify(request)
+        try:
+            identity = await self.access.identify(request)
+        except PyMongoError:
+            await key_store_unavailable(request)(scope, receive, send)
+            return
         if identity is None:
             await challenge(request)(scope, receive, send)
             return

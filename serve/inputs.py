@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_image, resize_levels, sniff_format
+from cxr_model.preprocessing import (ImageDecodeError, PreprocessSpec, open_image, resize_levels, sniff_format,
+                                    trailing_bytes)
 
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
@@ -20,7 +21,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 # ImageDecodeError.reason -> HTTP status
 _DECODE_STATUS = {"empty": 400, "not_an_image": 415, "truncated": 422, "too_many_pixels": 413,
                   "dicom_unsupported_syntax": 415, "dicom_no_pixels": 422, "dicom_modality": 422,
-                  "dicom_not_chest": 422, "dicom_not_greyscale": 422}
+                  "dicom_not_chest": 422, "dicom_not_greyscale": 422, "trailing_data": 422}
 
 
 class InputError(ValueError):
@@ -58,7 +59,12 @@ def validate_request_id(value) -> str | None:
 def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
     """Bytes -> a fully decoded image; 4xx ``InputError`` for anything unusable."""
     try:
-        return open_image(data, max_pixels)
+        image = open_image(data, max_pixels)
+        extra = trailing_bytes(data)
+        if extra:  # a clinical export ends where its image ends; more is a polyglot or damage
+            raise ImageDecodeError("trailing_data", f"{extra} bytes follow the end of the {sniff_format(data).upper()} image; "
+                                   "upload the image exactly as exported")
+        return image
     except ImageDecodeError as exc:
         raise InputError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, str(exc), "image") from exc
 

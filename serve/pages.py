@@ -165,8 +165,10 @@ class Pages:
         except InvalidStudy as exc:
             errors = field_messages(exc.triples())
             keep = None
-            if upload.data is not None and "image" not in errors and not is_htmx(request.headers):
-                self.held.put(upload.fields["request_id"], (upload.data, upload.filename), len(upload.data))
+            request_id = upload.fields.get("request_id")  # the page's hidden field; a bare client may omit it
+            if upload.data is not None and request_id and not {"image", "request_id"} & set(errors) \
+                    and not is_htmx(request.headers):
+                self.held.put(request_id, (upload.data, upload.filename), len(upload.data))
                 keep = upload.filename or "the uploaded image"
             status = max((e.status for e in exc.errors), key=lambda s: (s != 400, s))
             return await self._study_error(request, status, upload.fields, errors, keep)

@@ -39,6 +39,10 @@ class ServeSettings(BaseSettings):
     session_hours: float = Field(default=12, gt=0, le=24 * 7)
     rate_limit_per_minute: int = Field(default=600, ge=1)  # per API key / user, per Ingress replica
     request_timeout_s: float = Field(default=30, gt=0)  # a prediction that takes longer gets a 504
+    # Image files left by a save the database interrupted (no record names them) are removed once
+    # older than the grace period, which must outlast any save still in progress.
+    orphan_sweep_interval_s: float = Field(default=600, gt=0)
+    orphan_grace_s: float = Field(default=900, ge=60)
 
     @model_validator(mode="after")
     def _auth_off_only_in_the_demo(self):

@@ -6,15 +6,21 @@ save of the same request returns the one stored record, and the loser of a race
 removes the files it uploaded. Writes use write concern ``majority``. When the
 database cannot be reached, ``save`` says so (``saved: False`` with a reason);
 it never claims a save that did not happen.
+
+A save the database interrupts can leave files no record names (or GridFS chunks
+without their file document): the orphan sweep removes them once they are older
+than a grace period that outlasts any save in progress.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import gridfs
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError, WriteError
 from ray import serve
@@ -68,6 +74,7 @@ class ResultRepository:
         collection = self.db[PREDICTIONS]
         collection.create_index([("request_id", ASCENDING)], unique=True, name="request_id_unique")
         collection.create_index([("patient_id", ASCENDING), ("created_at", DESCENDING)], name="patient_recent")
+        self.db["images.files"].create_index([("uploadDate", ASCENDING)], name="upload_date")
         self._schema_ready = True
 
     def ping(self) -> bool:
@@ -121,11 +128,49 @@ class ResultRepository:
             except PyMongoError:
                 pass  # left for the orphan sweep: files whose prediction_id has no record
 
+    def sweep_orphans(self, grace: timedelta, since: datetime | None = None, page: int = 500) -> dict:
+        """Remove image files that no record names, and chunks whose file document is gone, written
+        between ``since`` (everything when None) and ``grace`` ago. Returns counts and the cutoff,
+        the next sweep's ``since``."""
+        cutoff = now() - grace
+        window = {"$lt": cutoff} if since is None else {"$gte": since, "$lt": cutoff}
+        files = chunks = 0
+        batch: list[dict] = []
+        cursor = self.db["images.files"].find({"uploadDate": window}, {"metadata.prediction_id": 1})
+        for doc in cursor:
+            batch.append(doc)
+            if len(batch) == page:
+                files += self._drop_unreferenced(batch)
+                batch = []
+        files += self._drop_unreferenced(batch)
+        # GridFS writes chunks before the file document: an interrupted put leaves chunks only.
+        ids = {"$lt": ObjectId.from_datetime(cutoff)}
+        if since is not None:
+            ids["$gte"] = ObjectId.from_datetime(since)
+        chunk_files = {doc["files_id"] for doc in self.db["images.chunks"].find({"_id": ids}, {"files_id": 1})}
+        if chunk_files:
+            present = {doc["_id"] for doc in self.db["images.files"].find({"_id": {"$in": list(chunk_files)}}, {"_id": 1})}
+            missing = list(chunk_files - present)
+            if missing:
+                chunks = self.db["images.chunks"].delete_many({"files_id": {"$in": missing}}).deleted_count
+        return {"files": files, "chunks": chunks, "cutoff": cutoff}
+
+    def _drop_unreferenced(self, docs: list[dict]) -> int:
+        owners = {doc["_id"]: (doc.get("metadata") or {}).get("prediction_id") for doc in docs}
+        named = {p for p in owners.values() if p}
+        recorded = {r["_id"] for r in self.db[PREDICTIONS].find({"_id": {"$in": list(named)}}, {"_id": 1})}
+        dropped = 0
+        for file_id, prediction_id in owners.items():
+            if prediction_id not in recorded:
+                self.files.delete(file_id)
+                dropped += 1
+        return dropped
+
     def get(self, prediction_id: str) -> dict | None:
         return self.db[PREDICTIONS].find_one({"_id": prediction_id})
 
-    def image(self, prediction_id: str, kind: str) -> bytes | None:
-        record = self.get(prediction_id)
+    def image(self, prediction_id: str, kind: str, record: dict | None = None) -> bytes | None:
+        record = record or self.get(prediction_id)
         if record is None or kind not in record["files"]:
             return None
         return self.files.get(record["files"][kind]).read()
@@ -140,6 +185,37 @@ class ResultRepository:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class OrphanSweeper(threading.Thread):
+    """Sweeps orphans every ``interval_s`` in the background; the first pass covers everything,
+    later passes only what was written since the previous cutoff (minus nothing: cutoffs chain)."""
+
+    def __init__(self, repo: ResultRepository, interval_s: float, grace_s: float, on_swept=None):
+        super().__init__(name="orphan-sweeper", daemon=True)
+        self.repo, self.interval_s, self.grace = repo, interval_s, timedelta(seconds=grace_s)
+        self.on_swept = on_swept or (lambda result: None)
+        self.since: datetime | None = None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            self.sweep_once()
+
+    def sweep_once(self) -> dict | None:
+        try:
+            result = self.repo.sweep_orphans(self.grace, self.since)
+        except PyMongoError as exc:  # the database is down: the same window again next time
+            logger.warning("orphan sweep skipped: database unavailable (%s)", exc.__class__.__name__)
+            return None
+        self.since = result["cutoff"]
+        if result["files"] or result["chunks"]:
+            logger.info("orphan sweep removed %d files and %d chunks", result["files"], result["chunks"])
+        self.on_swept(result)
+        return result
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 @serve.deployment(name="ResultStore")
@@ -160,6 +236,19 @@ class ResultStore:
         self.pseudonym_key = config.pseudonym_key
         self.failures = Counter("cxr_storage_failures_total", description="saves that could not be stored",
                                 tag_keys=("operation",))
+        self.swept = Counter("cxr_orphans_swept_total", description="image files and chunks left by interrupted "
+                             "saves, removed by the orphan sweep", tag_keys=("kind",))
+        self.sweeper = OrphanSweeper(self.repo, config.orphan_sweep_interval_s, config.orphan_grace_s,
+                                     self._count_swept)
+        self.sweeper.start()
+
+    def _count_swept(self, result: dict) -> None:
+        for kind in ("files", "chunks"):
+            if result[kind]:
+                self.swept.inc(result[kind], tags={"kind": kind})
+
+    def __del__(self):
+        self.sweeper.stop()
 
     def _log(self, actor: Identity, action: str, prediction_id: str | None, patient_id: str | None) -> None:
         # Logs name patients by keyed pseudonym only; the audit collection keeps the real ID.
@@ -171,7 +260,12 @@ class ResultStore:
         if not result["saved"]:
             self.failures.inc(tags={"operation": "save"})
         elif not result["duplicate"]:
-            self.audit.record(actor, "create", prediction_id=result["prediction_id"], patient_id=record["patient_id"])
+            try:
+                self.audit.record(actor, "create", prediction_id=result["prediction_id"],
+                                  patient_id=record["patient_id"])
+            except PyMongoError:  # the record is stored (and names its creator): never report it unsaved
+                self.failures.inc(tags={"operation": "audit"})
+                logger.error("audit entry for study %s not written: database unavailable", result["prediction_id"])
             self._log(actor, "create", result["prediction_id"], record["patient_id"])
         return result
 
@@ -184,7 +278,7 @@ class ResultStore:
 
     def image(self, prediction_id: str, kind: str, actor: Identity) -> bytes | None:
         record = self.repo.get(prediction_id)
-        data = self.repo.image(prediction_id, kind)
+        data = self.repo.image(prediction_id, kind, record) if record is not None else None
         if data is not None:
             self.audit.record(actor, "export", prediction_id=prediction_id, patient_id=record["patient_id"],
                               detail=kind)

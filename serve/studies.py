@@ -60,15 +60,35 @@ class Upload:
     filename: str | None
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
 async def read_upload(request: Request, max_bytes: int, image_required: bool = True) -> Upload:
     """Multipart form -> fields and at most one image, refusing oversized bodies before parsing."""
+    limit = max_bytes + MAX_FIELD_BYTES * MAX_FORM_FIELDS  # the image and its few small fields
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MAX_FIELD_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise InputError(413, "too_large", f"the upload exceeds {max_bytes} bytes", "image")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InputError(415, "not_multipart", "send multipart/form-data with an 'image' file")
+    # A chunked body declares no length: count what arrives and stop reading past the limit, so the
+    # parser never spools more than that to disk.
+    received = 0
+
+    async def bounded_receive():
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise BodyTooLarge
+        return message
+
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+        form = await Request(request.scope, bounded_receive).form(
+            max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except BodyTooLarge:
+        raise InputError(413, "too_large", f"the upload exceeds {max_bytes} bytes", "image") from None
     except Exception as exc:  # starlette raises MultiPartException / HTTPException on limits
         raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import uuid
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -95,45 +94,6 @@ def test_concurrent_saves_with_one_request_id_store_one_record(service, db):
     assert results[0]["prediction_id"] == results[1]["prediction_id"]
     assert db["predictions"].count_documents({"request_id": request_id}) == 1
     assert stored_counts(db) == (before[0] + 1, before[1] + 2)
-
-
-def _huge_png_header() -> bytes:
-    """A valid PNG signature and IHDR claiming 100000 x 100000 pixels, no real pixel data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    ihdr = (100000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
-
-
-BAD_INPUTS = [
-    ("not an image", {"image": b"just some text"}, 415, "not_an_image"),
-    ("empty file", {"image": b""}, 400, "empty"),
-    ("truncated", {"image": chest_png(6)[:2000]}, 422, "truncated"),
-    ("too many pixels", {"image": _huge_png_header()}, 413, "too_many_pixels"),
-    ("missing patient", {"patient_id": ""}, 400, "missing_patient_id"),
-    ("operator patient id", {"patient_id": '{"$ne": null}'}, 400, "bad_patient_id"),
-    ("script patient id", {"patient_id": "<script>alert(1)</script>"}, 400, "bad_patient_id"),
-    ("bad request id", {"request_id": "x"}, 400, "bad_request_id"),
-]
-
-
-@pytest.mark.parametrize("name, change, status, code", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_gets_its_4xx_and_stores_nothing(service, db, name, change, status, code):
-    before = stored_counts(db)
-    image = change.pop("image", chest_png(7))
-    response = service.predict(image, save="1", **{"patient_id": "P-0001", **change})
-    assert response.status_code == status, response.text
-    assert response.json()["error"]["code"] == code
-    assert "<script>" not in response.text
-    assert stored_counts(db) == before
-
-
-def test_too_large_upload_is_refused_before_parsing(service, db):
-    before = stored_counts(db)
-    response = service.predict(b"\x89PNG\r\n\x1a\n" + b"\0" * (26 * 1024 * 1024), save="1")
-    assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
-    assert stored_counts(db) == before
 
 
 def test_unknown_ids_and_kinds(service):

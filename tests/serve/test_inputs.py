@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from cxr_model.preprocessing import trailing_bytes
 from serve.inputs import InputError, decode_upload, validate_patient_id, validate_request_id
 from tests.conftest import png_bytes
+from tests.cxr_model.test_decoder_fuzz import SEEDS
 
 
 @pytest.mark.parametrize("value", ["P-0001", "12345", "mrn.778_2", "a" * 64])
@@ -38,3 +42,21 @@ def test_decode_errors_map_to_statuses():
             decode_upload(data, max_pixels=100)
         assert error.value.status == status and error.value.field == "image"
     assert decode_upload(png_bytes(np.zeros((5, 5), np.uint8)), max_pixels=100).size == (5, 5)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       st.integers(0, 10_000), st.binary(max_size=256))
+def test_upload_decoding_gives_an_image_or_a_4xx(seed, flips, cut, tail):
+    """The service's decoder on corrupted, truncated and appended-to files: only typed 4xx errors."""
+    data = bytearray(seed)
+    for position, value in flips:
+        if position < len(data):
+            data[position] = value
+    data = bytes(data[: max(1, len(data) - cut)]) + tail
+    try:
+        image = decode_upload(data, 4_000_000)
+    except InputError as exc:
+        assert 400 <= exc.status < 500 and exc.code and str(exc)
+        return
+    assert image.size[0] > 0 and trailing_bytes(data) == 0

@@ -41,8 +41,13 @@ def test_prometheus_endpoint_exports_serve_and_app_metrics(service, ray_metrics_
 
 def test_database_outage_returns_the_prediction_marked_not_saved(service, mongo_server, db):
     request_id = f"outage-{uuid.uuid4().hex}"
+    assert service.http.get("/api/v1/model").status_code == 200  # a clinician at work when the DB goes
     mongo_server.stop()
     try:
+        # Their key was verified a moment ago and stays good; one never checked cannot be.
+        unknown = service.anonymous.get("/api/v1/model", headers={"Authorization": "Bearer cxr_nokey_nosecret"})
+        assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "database_unavailable"
+        assert unknown.headers["retry-after"] == "5"
         response = service.predict(chest_png(30), save="1", request_id=request_id)
         assert response.status_code == 200
         body = response.json()

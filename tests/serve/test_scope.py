@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 import numpy as np
@@ -68,12 +69,10 @@ def test_out_of_scope_refusals_are_counted_by_reason(service, ray_metrics_url):
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("ray_cxr_out_of_scope_total{") and f'reason="{reason}"' in line)
 
-    import time
-
-    # Ray exports application metrics every few seconds: let earlier tests' refusals land first.
-    before, settle = count("noise_image"), time.monotonic() + 40
+    # Ray exports application metrics every 2 s here: let earlier tests' refusals land first.
+    before, settle = count("noise_image"), time.monotonic() + 60
     while time.monotonic() < settle:
-        time.sleep(6)
+        time.sleep(5)
         now = count("noise_image")
         if now == before:
             break
