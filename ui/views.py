@@ -33,6 +33,8 @@ FIELD_MESSAGES = {
     "not_an_image": "This file is not a PNG, JPEG or DICOM image. Choose the X-ray image file.",
     "empty": "This file is empty. Choose the X-ray image file.",
     "truncated": "This image file is incomplete (truncated). Export it again and retry.",
+    "trailing_data": "This file carries extra data after the image (damaged, or another file hidden in it). "
+                     "Export the image again and retry.",
     "too_large": "This file is larger than the upload limit.",
     "too_many_pixels": "This image has more pixels than the service accepts.",
     "dicom_no_pixels": "This DICOM file holds no image.",

@@ -1,0 +1,232 @@
+"""Chaos on loopback, bounded in time: a Classifier replica killed under load, the database
+stopped in the middle of saves, and a burst at ten times capacity.
+
+Named to run after the other service tests (it restarts replicas and redeploys) and before the
+log scan (which then also covers what these tests logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+import psutil
+import pytest
+
+from serve.store import ResultRepository
+from tests.serve.conftest import deploy, deploy_config
+from tests.serve.test_api import chest_png
+
+CLASSIFIER, INGRESS = "BatchedClassifier", "Ingress"
+
+
+def replica_pids(deployment: str) -> set[int]:
+    """The OS processes of a deployment's live replicas, asked of each replica actor itself."""
+    import ray
+
+    pids = set()
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]:
+            try:
+                handle = ray.get_actor(actor["name"], namespace="serve")
+                pids.add(ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=30))
+            except (ray.exceptions.RayError, ValueError):
+                pass  # a replica that is stopping
+    return pids
+
+
+def wait_until(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+class SteadyLoad:
+    """Two clients posting predictions back to back (bounded) until stopped; statuses in order."""
+
+    def __init__(self, service, patient_id: str):
+        self.service, self.patient_id = service, patient_id
+        self.statuses: list[int] = []
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(2)
+
+    def _client(self, seed: int) -> None:
+        with httpx.Client(base_url=self.service.base_url, timeout=60, headers=self.service.http.headers) as http:
+            for i in range(400):  # bounded even if the stop never comes
+                if self.stop.is_set():
+                    return
+                response = http.post("/api/v1/predictions", data={"patient_id": self.patient_id},
+                                     files={"image": ("c.png", chest_png(seed * 1000 + i % 7), "image/png")})
+                self.statuses.append(response.status_code)
+                time.sleep(0.05)
+
+    def __enter__(self) -> SteadyLoad:
+        self.clients = [self.pool.submit(self._client, seed) for seed in (1, 2)]
+        wait_until(lambda: len(self.statuses) >= 10, 60, "steady traffic")
+        return self
+
+    def more(self, count: int, what: str) -> None:
+        seen = len(self.statuses)
+        wait_until(lambda: len(self.statuses) >= seen + count, 120, what)
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for future in self.clients:
+            future.result()
+        self.pool.shutdown()
+
+    @property
+    def success_rate(self) -> float:
+        return sum(status == 200 for status in self.statuses) / len(self.statuses)
+
+
+def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_recovers(service):
+    (victim,) = wait_until(lambda: replica_pids(CLASSIFIER), 60, "a running classifier replica")
+    with SteadyLoad(service, "P-CHAOS-1") as load:
+        before_kill = len(load.statuses)
+        os.kill(victim, signal.SIGKILL)
+        # Recovery: a new replica process serves, and traffic after it keeps flowing.
+        replacement = wait_until(lambda: replica_pids(CLASSIFIER) - {victim}, 120, "a replacement replica")
+        load.more(20, "traffic through the replacement")
+    assert victim not in replacement and len(load.statuses) > before_kill + 20
+    assert load.success_rate >= 0.99, (load.success_rate, sorted(set(load.statuses)))
+    assert service.predict(chest_png(4242)).status_code == 200
+
+
+def test_a_redeploy_that_replaces_the_classifier_drains_in_flight_requests(service):
+    """Stopping replicas finish their batches (graceful shutdown); nothing in flight is dropped."""
+    (old,) = wait_until(lambda: replica_pids(CLASSIFIER), 60, "a running classifier replica")
+    config = deploy_config(service.checkpoint, service.port, service.env, {"batch_wait_timeout_s": 0.2})
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == CLASSIFIER:  # a changed actor option means new replica processes
+            deployment["ray_actor_options"]["num_cpus"] = 0.9
+    try:
+        with SteadyLoad(service, "P-CHAOS-4") as load:
+            deploy(config)
+            wait_until(lambda: replica_pids(CLASSIFIER) - {old}, 120, "the new replica")
+            load.more(20, "traffic through the new replica")
+    finally:
+        service.redeploy({"batch_wait_timeout_s": 0.2})
+    assert set(load.statuses) == {200}, sorted(set(load.statuses))
+    wait_until(lambda: service.http.get("/readyz").status_code == 200, 120, "ready after restoring the config")
+
+
+def _complete(db, file_id) -> bool:
+    """A GridFS file whose document and every chunk are present."""
+    doc = db["images.files"].find_one({"_id": file_id})
+    if doc is None:
+        return False
+    stored = sum(len(c["data"]) for c in db["images.chunks"].find({"files_id": file_id}, {"data": 1}))
+    return stored == doc["length"]
+
+
+def test_stopping_the_database_mid_save_leaves_no_broken_record_and_a_retry_saves_once(service, mongo_server, db):
+    request_ids = [f"chaos-save-{uuid.uuid4().hex}" for _ in range(18)]
+    answers: dict[str, dict] = {}
+    ready_during_outage: list[int] = []
+
+    def save(request_id: str) -> None:
+        response = service.predict(chest_png(hash(request_id) % 1000), save="1", request_id=request_id,
+                                   patient_id="P-CHAOS-2")
+        assert response.status_code == 200, response.text  # the prediction is served either way
+        answers[request_id] = response.json()
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(save, request_id) for request_id in request_ids]
+            wait_until(lambda: len(answers) >= 3, 120, "the first saves")
+            mongo_server.stop()  # while the other saves are on their way
+            ready_during_outage.append(service.http.get("/readyz").status_code)
+            for future in futures:
+                future.result()
+    finally:
+        if mongo_server.process.poll() is not None:
+            mongo_server.start()
+    assert ready_during_outage == [503]
+    saved = {r for r, body in answers.items() if body["saved"]}
+    assert len(saved) >= 3 and len(saved) < len(request_ids)  # the outage really cut through the saves
+    for request_id, body in answers.items():
+        if not body["saved"]:
+            assert body["prediction_id"] is None and "database unavailable" in body["save_error"]
+    # No record points at a missing or partial file.
+    records = list(db["predictions"].find({"request_id": {"$in": request_ids}}))
+    assert {r["request_id"] for r in records} >= saved
+    for record in records:
+        assert all(_complete(db, file_id) for file_id in record["files"].values()), record["_id"]
+    # The sweep (the store runs it every CXR_ORPHAN_SWEEP_INTERVAL_S; here at once, all saves being
+    # over) leaves only files that a record names.
+    ResultRepository(mongo_server.uri, "cxr_test").sweep_orphans(timedelta(0))
+    owners = {r["_id"] for r in records}
+    files = list(db["images.files"].find({"metadata.request_id": {"$in": request_ids}}))
+    assert all(f["metadata"]["prediction_id"] in owners for f in files)
+    # Retrying every request after recovery stores each exactly once.
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(save, request_ids))
+    assert all(answers[r]["saved"] for r in request_ids)
+    for request_id in request_ids:
+        assert db["predictions"].count_documents({"request_id": request_id}) == 1
+        assert db["images.files"].count_documents({"metadata.request_id": request_id}) == 2
+
+
+async def _burst(service, count: int) -> list[tuple[int, float, str | None]]:
+    """``count`` uploads at once; (status, seconds, Retry-After) each."""
+    image = chest_png(77)
+
+    async def one(http: httpx.AsyncClient):
+        started = time.perf_counter()
+        response = await http.post("/api/v1/predictions", data={"patient_id": "P-CHAOS-3"},
+                                   files={"image": ("c.png", image, "image/png")})
+        return response.status_code, time.perf_counter() - started, response.headers.get("retry-after")
+
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=120, headers=service.http.headers,
+                                 limits=limits) as http:
+        return await asyncio.gather(*(one(http) for _ in range(count)))
+
+
+def _rss_mb(pids: set[int]) -> float:
+    return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
+
+
+@pytest.fixture()
+def small_capacity(service):
+    """The shipped config with the classifier's bounds cut to 2 running + 4 queued: capacity 6."""
+    config = deploy_config(service.checkpoint, service.port, service.env, {"batch_wait_timeout_s": 0.2})
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == CLASSIFIER:
+            deployment.update(max_ongoing_requests=2, max_queued_requests=4)
+    deploy(config)
+    yield 6
+    service.redeploy({"batch_wait_timeout_s": 0.2})
+
+
+def test_ten_times_capacity_is_refused_fast_with_retry_after_and_memory_stays_flat(service, small_capacity):
+    wait_until(lambda: service.http.get("/readyz").status_code == 200, 60, "ready after the redeploy")
+    pids = replica_pids(CLASSIFIER) | replica_pids(INGRESS)
+    rss = []
+    for _ in range(3):
+        results = asyncio.run(_burst(service, 10 * small_capacity))
+        statuses = {status for status, _, _ in results}
+        assert statuses <= {200, 503}, statuses  # no timeout, no 500
+        refused = [(s, t, r) for s, t, r in results if s == 503]
+        served = [(s, t, r) for s, t, r in results if s == 200]
+        assert refused and len(served) >= small_capacity
+        assert all(retry_after and int(retry_after) > 0 for _, _, retry_after in refused)
+        # Refusals come back at once, not after waiting behind the admitted work.
+        assert max(t for _, t, _ in refused) < max(t for _, t, _ in served)
+        rss.append(_rss_mb(pids))
+    # No crash: the same replica processes are serving, and memory does not climb burst after burst.
+    assert replica_pids(CLASSIFIER) | replica_pids(INGRESS) == pids
+    assert rss[2] <= rss[0] * 1.10 + 20, rss
+    assert service.predict(chest_png(78)).status_code == 200
