@@ -247,8 +247,10 @@ class ResultStore:
             if result[kind]:
                 self.swept.inc(result[kind], tags={"kind": kind})
 
-    def __del__(self):
-        self.sweeper.stop()
+    def __del__(self):  # Serve calls this when the replica stops
+        sweeper = getattr(self, "sweeper", None)  # absent when __init__ failed
+        if sweeper is not None:
+            sweeper.stop()
 
     def _log(self, actor: Identity, action: str, prediction_id: str | None, patient_id: str | None) -> None:
         # Logs name patients by keyed pseudonym only; the audit collection keeps the real ID.
