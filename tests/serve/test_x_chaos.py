@@ -180,13 +180,15 @@ def test_stopping_the_database_mid_save_leaves_no_broken_record_and_a_retry_save
 
 
 async def _burst(service, count: int) -> list[tuple[int, float, str | None]]:
-    """``count`` uploads at once; (status, seconds, Retry-After) each."""
+    """``count`` uploads at once; (status, seconds, Retry-After) each; refusals must say overloaded."""
     image = chest_png(77)
 
     async def one(http: httpx.AsyncClient):
         started = time.perf_counter()
         response = await http.post("/api/v1/predictions", data={"patient_id": "P-CHAOS-3"},
                                    files={"image": ("c.png", image, "image/png")})
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "overloaded", response.text
         return response.status_code, time.perf_counter() - started, response.headers.get("retry-after")
 
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
@@ -230,3 +232,18 @@ def test_ten_times_capacity_is_refused_fast_with_retry_after_and_memory_stays_fl
     assert replica_pids(CLASSIFIER) | replica_pids(INGRESS) == pids
     assert rss[2] <= rss[0] * 1.10 + 20, rss
     assert service.predict(chest_png(78)).status_code == 200
+
+
+def test_a_prediction_past_the_request_timeout_is_a_504_with_retry_after(service):
+    """CXR_REQUEST_TIMEOUT_S below the batch window: every prediction misses its deadline."""
+    env = {**service.env, "CXR_REQUEST_TIMEOUT_S": "0.1"}
+    try:
+        deploy(deploy_config(service.checkpoint, service.port, env, {"batch_wait_timeout_s": 0.2}))
+        wait_until(lambda: service.http.get("/readyz").status_code == 200, 120, "ready with the short timeout")
+        response = service.predict(chest_png(79))
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == "timeout" and response.headers["retry-after"] == "5"
+    finally:
+        deploy(deploy_config(service.checkpoint, service.port, service.env, {"batch_wait_timeout_s": 0.2}))
+    wait_until(lambda: service.http.get("/readyz").status_code == 200, 120, "ready after restoring the timeout")
+    assert service.predict(chest_png(80)).status_code == 200
