@@ -32,6 +32,7 @@ from serve.inputs import (
 )
 from serve.settings import ServeSettings
 from serve.store import now
+from ui.views import percent
 
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 MAX_FORM_FIELDS = 8
@@ -171,9 +172,14 @@ class Prediction:
     def confidence(self) -> float:
         return self.probabilities[self.top_label]
 
+    @property
+    def caption(self) -> str:
+        # The same rounding as the page's bars: 99.9% must not be burnt into the image as 100%.
+        return f"{self.top_label} {percent(self.confidence)}"
+
     def annotated(self, image: Image.Image | None = None) -> Image.Image:
         notice = DEMO_NOTICE if self.model.get("synthetic_demo") else NOTICE
-        return annotate(image or self.inputs.original, f"{self.top_label} {self.confidence:.0%}", notice)
+        return annotate(image or self.inputs.original, self.caption, notice)
 
     def gradcam(self, image: Image.Image | None = None) -> Image.Image | None:
         return None if self.heatmap is None else overlay_heatmap(image or self.inputs.original, self.heatmap)
