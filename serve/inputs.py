@@ -62,8 +62,9 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
         image = open_image(data, max_pixels)
         extra = trailing_bytes(data)
         if extra:  # a clinical export ends where its image ends; more is a polyglot or damage
-            raise ImageDecodeError("trailing_data", f"{extra} bytes follow the end of the {sniff_format(data).upper()} image; "
-                                   "upload the image exactly as exported")
+            kind = sniff_format(data).upper()
+            raise ImageDecodeError("trailing_data", f"{extra} bytes follow the end of the {kind} image; "
+                                                    "upload the image exactly as exported")
         return image
     except ImageDecodeError as exc:
         raise InputError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, str(exc), "image") from exc

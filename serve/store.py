@@ -156,6 +156,8 @@ class ResultRepository:
         return {"files": files, "chunks": chunks, "cutoff": cutoff}
 
     def _drop_unreferenced(self, docs: list[dict]) -> int:
+        if not docs:
+            return 0
         owners = {doc["_id"]: (doc.get("metadata") or {}).get("prediction_id") for doc in docs}
         named = {p for p in owners.values() if p}
         recorded = {r["_id"] for r in self.db[PREDICTIONS].find({"_id": {"$in": list(named)}}, {"_id": 1})}
@@ -188,8 +190,8 @@ def now() -> datetime:
 
 
 class OrphanSweeper(threading.Thread):
-    """Sweeps orphans every ``interval_s`` in the background; the first pass covers everything,
-    later passes only what was written since the previous cutoff (minus nothing: cutoffs chain)."""
+    """Sweeps orphans every ``interval_s`` in the background. The first pass covers everything;
+    each later pass starts at the previous pass's cutoff, so every file is judged once."""
 
     def __init__(self, repo: ResultRepository, interval_s: float, grace_s: float, on_swept=None):
         super().__init__(name="orphan-sweeper", daemon=True)
