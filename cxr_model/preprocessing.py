@@ -71,26 +71,59 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def trailing_bytes(data: bytes) -> int:
-    """Bytes after a PNG's IEND chunk or a JPEG's final end-of-image marker (zero padding aside).
+    """Bytes after a PNG's IEND chunk or a JPEG's end-of-image marker (zero padding aside).
 
     Anything there is a second file riding along (a polyglot: HTML, ZIP, script) or damage; an
-    upload policy may refuse it. PNG chunks are walked, so a fake end marker inside the payload
-    does not fool it; for JPEG the file must end at its EOI marker.
+    upload policy may refuse it. The file's own structure is walked (PNG chunks, JPEG segments and
+    scans), so a fake end marker inside the payload does not fool it. A file cut short counts as
+    no trailing data: decoding reports the truncation.
     """
     fmt = sniff_format(data)
-    if fmt == "png":
-        pos = len(_PNG_MAGIC)
-        while pos + 8 <= len(data):
-            length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
-            pos += 12 + length  # length, type, data, CRC
-            if kind == b"IEND":
-                return max(0, len(data) - pos)
-        return 0  # no end chunk: truncation, which decoding reports
-    if fmt == "jpeg":
-        body = data.rstrip(b"\0")
-        end = body.rfind(b"\xff\xd9")
-        return 0 if end == -1 else len(body) - (end + 2)
-    return 0
+    end = _png_end(data) if fmt == "png" else _jpeg_end(data) if fmt == "jpeg" else None
+    return 0 if end is None else len(data[end:].rstrip(b"\0"))
+
+
+def _png_end(data: bytes) -> int | None:
+    pos = len(_PNG_MAGIC)
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        pos += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return pos
+    return None
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """Offset just past the EOI marker that closes the image that begins at offset 0."""
+    pos = 2  # after SOI
+    while pos + 1 < len(data):
+        if data[pos] != 0xFF:
+            return None  # not a marker where one must be: damage that decoding will judge
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:  # EOI
+            return pos + 2
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone: RSTn, TEM
+            pos += 2
+        else:  # a segment with a length; APPn metadata (an EXIF thumbnail's own EOI) is skipped whole
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xDA:  # a scan: entropy-coded data runs to the next real marker
+                pos = _next_marker(data, pos)
+    return None
+
+
+def _next_marker(data: bytes, pos: int) -> int:
+    """Skip entropy-coded bytes: FF00 is a stuffed FF and FFD0-FFD7 restart markers stay in the scan."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos == -1 or pos + 1 >= len(data):
+            return len(data)
+        following = data[pos + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+            pos += 1 if following == 0xFF else 2
+        else:
+            return pos
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from cxr_model.preprocessing import (
     IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, PreprocessSpec, decode_grayscale, open_image, preprocess,
-    sniff_format,
+    sniff_format, trailing_bytes,
 )
 from tests.conftest import png_bytes
 
@@ -88,3 +88,45 @@ def test_decompression_bomb_warnings_are_errors_even_under_a_generous_pixel_limi
     with pytest.raises(ImageDecodeError) as caught:
         open_image(bomb, max_pixels=10**9)
     assert caught.value.reason == "too_many_pixels"
+
+
+def _jpeg(**options) -> bytes:
+    """Noise, so the entropy-coded data holds stuffed FF00 bytes (and RSTn markers when asked)."""
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, "JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def _with_exif_thumbnail(jpeg: bytes) -> bytes:
+    """An APP1 segment holding a whole small JPEG, whose own EOI comes before the image's."""
+    thumbnail = _jpeg()[:600] + b"\xff\xd9"
+    app1 = b"Exif\0\0" + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpeg[2:]
+
+
+JPEGS = {
+    "baseline": _jpeg(),
+    "progressive (several scans)": _jpeg(progressive=True),
+    "restart markers": _jpeg(restart_marker_blocks=1),
+    "EXIF thumbnail": _with_exif_thumbnail(_jpeg()),
+}
+
+
+@pytest.mark.parametrize("name", JPEGS)
+def test_jpeg_trailing_data_is_found_by_walking_the_segments(name):
+    jpeg = JPEGS[name]
+    assert Image.open(io.BytesIO(jpeg)).size == (64, 64)
+    assert trailing_bytes(jpeg) == 0 and trailing_bytes(jpeg + b"\0" * 32) == 0
+    # A payload that ends in an EOI of its own used to pass a last-marker check.
+    payload = b"<script>alert(1)</script>\xff\xd9"
+    assert trailing_bytes(jpeg + payload) == len(payload)
+    assert trailing_bytes(jpeg[: len(jpeg) // 2]) == 0  # truncation is decoding's to report
+
+
+def test_png_trailing_data_ignores_a_forged_end_chunk_and_zero_padding():
+    png = png_bytes(np.zeros((8, 8), np.uint8))
+    forged_end = b"<html></html>" + (0).to_bytes(4, "big") + b"IEND" + b"\xaeB`\x82"
+    assert trailing_bytes(png) == 0 and trailing_bytes(png + b"\0" * 8) == 0
+    assert trailing_bytes(png + forged_end) == len(forged_end)
+    assert trailing_bytes(png[:-6]) == 0
