@@ -11,6 +11,7 @@ it is recorded in every model card and every stored prediction.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -24,6 +25,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# In entropy-coded data FF00 is a stuffed FF, FFD0-FFD7 are restart markers and FFFF is fill;
+# any other FFxx ends the scan.
+_JPEG_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -109,21 +113,9 @@ def _jpeg_end(data: bytes) -> int | None:
         else:  # a segment with a length; APPn metadata (an EXIF thumbnail's own EOI) is skipped whole
             pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
             if marker == 0xDA:  # a scan: entropy-coded data runs to the next real marker
-                pos = _next_marker(data, pos)
+                in_scan = _JPEG_MARKER_IN_SCAN.search(data, pos)
+                pos = len(data) if in_scan is None else in_scan.start()
     return None
-
-
-def _next_marker(data: bytes, pos: int) -> int:
-    """Skip entropy-coded bytes: FF00 is a stuffed FF and FFD0-FFD7 restart markers stay in the scan."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos == -1 or pos + 1 >= len(data):
-            return len(data)
-        following = data[pos + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
-            pos += 1 if following == 0xFF else 2
-        else:
-            return pos
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
