@@ -88,7 +88,8 @@ def sample_pngs(count: int = 16) -> list[bytes]:
 
 
 def _ceiling_worker(checkpoint: str, runtime: str, threads: int, batch: int, seconds: float, queue) -> None:
-    from cxr_model.checkpoint import load_checkpoint, read_card
+    from cxr_model.checkpoint import read_card
+    from cxr_model.classifier import load_checkpoint
     from cxr_model.onnx_runtime import OnnxClassifier
 
     card = read_card(checkpoint)

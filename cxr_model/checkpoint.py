@@ -140,10 +140,3 @@ def load_network(directory: str | Path, verify: bool = True) -> tuple[CXRNet, Mo
     model.eval()
     return model, card
 
-
-def load_checkpoint(directory: str | Path, device: str = "auto", **options):
-    """A ready ``Classifier`` (see cxr_model.classifier) for a checkpoint directory."""
-    from cxr_model.classifier import Classifier
-
-    model, card = load_network(directory)
-    return Classifier(model, card, device=device, **options)

@@ -1,13 +1,18 @@
-"""Inference wrapper: a network, its card and a device, with ``predict_batch``."""
+"""Inference wrapper: a network, its card and a device, with ``predict_batch``.
+
+``load_checkpoint`` lives here, not in ``checkpoint``: it builds a ``Classifier``, and the
+checkpoint format must not depend on the inference wrapper that depends on it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cxr_model.checkpoint import ModelCard
+from cxr_model.checkpoint import ModelCard, load_network
 from cxr_model.labels import MULTICLASS
 from cxr_model.network import CXRNet
 
@@ -111,3 +116,9 @@ class Classifier:
 
     def positives(self, probabilities: np.ndarray) -> list[list[str]]:
         return positive_labels(probabilities, self.card)
+
+
+def load_checkpoint(directory: str | Path, device: str = "auto", **options) -> Classifier:
+    """A ready ``Classifier`` for a checkpoint directory (weights verified against the card)."""
+    model, card = load_network(directory)
+    return Classifier(model, card, device=device, **options)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cxr_model.preprocessing import ImageDecodeError
+from cxr_model.formats import ImageDecodeError
 
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
@@ -120,7 +120,8 @@ def _read_header(data: bytes, max_pixels: int) -> DicomHeader:
                          f"transfer syntax {syntax.name} ({syntax}) has no decoder installed here")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError("dicom_not_greyscale", f"photometric interpretation {photometric or 'unknown'} is not greyscale")
+        raise DicomError("dicom_not_greyscale",
+                         f"photometric interpretation {photometric or 'unknown'} is not greyscale")
     patient_id = str(ds.get("PatientID", "") or "").strip() or None
     return DicomHeader(patient_id, modality, body_part, rows, columns, frames,
                        int(ds.get("BitsStored", 16)), photometric, str(syntax))

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cxr_model.checkpoint import load_checkpoint
-from cxr_model.classifier import Classifier, low_confidence, probabilities_from_logits
+from cxr_model.classifier import Classifier, load_checkpoint, low_confidence, probabilities_from_logits
 from cxr_model.labels import MULTICLASS, LabelSet
 from training.data import ManifestDataset
 from training.metrics import accuracy, bootstrap_ci, classification_metrics, macro_f1, predict_labels

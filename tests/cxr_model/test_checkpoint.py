@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_model.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint, sha256_file
+from cxr_model.checkpoint import CheckpointError, read_card, save_checkpoint, sha256_file
+from cxr_model.classifier import load_checkpoint
 from cxr_model.classifier import Classifier
 from cxr_model.labels import MULTILABEL, NIH14
 from cxr_model.network import build_model
@@ -86,8 +87,8 @@ def test_multilabel_checkpoint_uses_sigmoid_and_per_label_thresholds(tmp_path):
 def test_served_probabilities_use_the_cards_temperature_and_flag_low_confidence(tmp_path):
     import torch
 
-    from cxr_model.checkpoint import load_checkpoint, save_checkpoint
-    from cxr_model.classifier import low_confidence
+    from cxr_model.checkpoint import save_checkpoint
+    from cxr_model.classifier import load_checkpoint, low_confidence
     from cxr_model.network import build_model
     from tests.conftest import make_card
 

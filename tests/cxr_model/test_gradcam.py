@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_model.checkpoint import load_checkpoint
+from cxr_model.classifier import load_checkpoint
 from cxr_model.gradcam import gradcam, overlay_heatmap
 from cxr_model.network import build_model
 

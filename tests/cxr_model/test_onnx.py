@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_model.checkpoint import load_checkpoint, load_network, save_checkpoint
+from cxr_model.checkpoint import load_network, save_checkpoint
+from cxr_model.classifier import load_checkpoint
 from cxr_model.cli import main as cxr
 from cxr_model.onnx_runtime import OnnxClassifier, onnx_export_matches
 

@@ -5,10 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_model.preprocessing import (
-    IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, PreprocessSpec, decode_grayscale, open_image, preprocess,
-    sniff_format, trailing_bytes,
-)
+from cxr_model.formats import ImageDecodeError, sniff_format, trailing_bytes
+from cxr_model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, decode_grayscale, open_image, preprocess
 from tests.conftest import png_bytes
 
 SPEC = PreprocessSpec(input_size=32)
@@ -84,7 +82,8 @@ def test_decompression_bomb_warnings_are_errors_even_under_a_generous_pixel_limi
 
     # 10000 x 10000: above Pillow's MAX_IMAGE_PIXELS (warning band), below twice it (no Pillow error).
     ihdr = (10000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+            + chunk(b"IEND", b""))
     with pytest.raises(ImageDecodeError) as caught:
         open_image(bomb, max_pixels=10**9)
     assert caught.value.reason == "too_many_pixels"
@@ -130,3 +129,12 @@ def test_png_trailing_data_ignores_a_forged_end_chunk_and_zero_padding():
     assert trailing_bytes(png) == 0 and trailing_bytes(png + b"\0" * 8) == 0
     assert trailing_bytes(png + forged_end) == len(forged_end)
     assert trailing_bytes(png[:-6]) == 0
+
+
+def test_format_names_stay_importable_from_preprocessing():
+    # Serving imports them from preprocessing; they live in formats so that dicom can share them.
+    from cxr_model import dicom, formats, preprocessing
+
+    for name in ("ImageDecodeError", "sniff_format", "trailing_bytes"):
+        assert getattr(preprocessing, name) is getattr(formats, name)
+    assert issubclass(dicom.DicomError, preprocessing.ImageDecodeError)
