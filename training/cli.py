@@ -32,7 +32,7 @@ def _make_demo(args) -> int:
 
 
 def _summary(args) -> int:
-    from training.datasets import scan_dataset
+    from training.layouts import scan_dataset
     from training.plots import plot_class_distribution
 
     dataset = scan_dataset(args.data_dir, args.layout)
@@ -91,7 +91,7 @@ def register_evaluate(subparsers) -> None:
 
 def _evaluate(args) -> int:
     from cxr_model.checkpoint import read_card
-    from training.datasets import scan_dataset
+    from training.layouts import scan_dataset
     from training.evaluate import evaluate_checkpoint
     from training.splits import load_manifest, split_entries
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from cxr_model.classifier import Classifier, load_checkpoint, low_confidence, probabilities_from_logits
 from cxr_model.labels import MULTICLASS, LabelSet
-from training.data import ManifestDataset
+from training.dataset import ManifestDataset
 from training.metrics import accuracy, bootstrap_ci, classification_metrics, macro_f1, predict_labels
 from training.plots import plot_confusion_matrix, plot_reliability, plot_roc
 

@@ -27,8 +27,10 @@ from tqdm import tqdm
 
 from cxr_model.checkpoint import load_network, save_checkpoint
 from cxr_model.classifier import probabilities_from_logits
+from training.augment import build_augmentation
 from training.config import TrainConfig
-from training.data import ManifestDataset, build_augmentation, build_loss, class_weights
+from training.dataset import ManifestDataset
+from training.losses import build_loss, class_weights
 from training.metrics import classification_metrics
 from training.splits import load_manifest, split_entries
 

@@ -35,7 +35,7 @@ from cxr_model.labels import MULTILABEL
 from cxr_model.network import build_model
 from cxr_model.preprocessing import PreprocessSpec
 from training.config import TrainConfig, save_config
-from training.datasets import scan_dataset
+from training.layouts import scan_dataset
 from training.evaluate import evaluate_checkpoint, predict_entries
 from training.loop import TRAIN_STATE_FILE, train_stage_loop
 from training.metrics import classification_metrics, fit_temperature, tune_thresholds

@@ -15,7 +15,7 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from training.datasets import Sample, ScannedDataset
+from training.layouts import Sample, ScannedDataset
 
 SPLITS = ("train", "val", "test")
 _RARE = "__rare__"

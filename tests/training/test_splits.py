@@ -3,7 +3,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from training.datasets import Sample, scan_dataset
+from training.layouts import Sample, scan_dataset
 from training.splits import assign_splits, build_manifest, load_manifest, save_manifest
 
 

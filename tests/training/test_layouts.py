@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxr_model.labels import COVID4, normalize_class_name
-from training.datasets import DatasetLayoutError, scan_dataset
+from training.layouts import DatasetLayoutError, scan_dataset
 from tests.conftest import png_bytes
 
 
