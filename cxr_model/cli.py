@@ -17,8 +17,9 @@ from importlib import metadata
 def register_model_card(subparsers) -> None:
     parser = subparsers.add_parser("model-card", help="a checkpoint's model card as MODEL_CARD.md (or JSON)")
     parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.add_argument("--format", choices=["markdown", "json"], default="markdown")
-    parser.add_argument("--out", help="write here instead of printing (e.g. CHECKPOINT/MODEL_CARD.md)")
+    parser.add_argument("--format", choices=["markdown", "json"], default="markdown",
+                        help="MODEL_CARD.md text or the card's JSON (default: %(default)s)")
+    parser.add_argument("--out", help="write here, e.g. CHECKPOINT/MODEL_CARD.md (default: print to stdout)")
     parser.set_defaults(func=_model_card)
 
 

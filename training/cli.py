@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).with_name("demo_config.yaml")
+# Spelt out rather than imported from training.layouts: `cxr --help` should not load torch.
+LAYOUT_NAMES = "auto, kaggle, roboflow, csv or imagefolder"
 
 
 def register_data(subparsers) -> None:
@@ -12,13 +14,14 @@ def register_data(subparsers) -> None:
     data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     demo = data_sub.add_parser("make-demo", help="write a synthetic CXR-like data set (Kaggle layout)")
     demo.add_argument("out", help="output folder")
-    demo.add_argument("--per-class", type=int, default=50)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--duplicates", type=int, default=0, help="byte-identical copies per class")
+    demo.add_argument("--per-class", type=int, default=50, help="images per class (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the generator (default: %(default)s)")
+    demo.add_argument("--duplicates", type=int, default=0,
+                      help="byte-identical copies per class, to exercise de-duplication (default: %(default)s)")
     demo.set_defaults(func=_make_demo)
     summary = data_sub.add_parser("summary", help="class distribution table and chart")
-    summary.add_argument("data_dir")
-    summary.add_argument("--layout", default="auto")
+    summary.add_argument("data_dir", help="a labelled folder in any supported layout")
+    summary.add_argument("--layout", default="auto", help=f"folder layout: {LAYOUT_NAMES} (default: %(default)s)")
     summary.add_argument("--chart", help="PNG path for the bar chart (default: none)")
     summary.set_defaults(func=_summary)
 
@@ -78,14 +81,15 @@ def _train(args) -> int:
 
 def register_evaluate(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="evaluation report for a checkpoint")
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (required)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", help="split_manifest.json written by cxr train")
-    source.add_argument("--data-dir", help="a labelled folder in any supported layout")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--layout", default="auto")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--batch-size", type=int, default=32)
+    source.add_argument("--manifest", help="split_manifest.json written by cxr train (this or --data-dir)")
+    source.add_argument("--data-dir", help="a labelled folder in any supported layout (this or --manifest)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
+                        help="the manifest's split to evaluate, with --manifest (default: %(default)s)")
+    parser.add_argument("--layout", default="auto", help=f"layout of --data-dir: {LAYOUT_NAMES} (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="folder for report.md and its plots (required)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per inference batch (default: %(default)s)")
     parser.set_defaults(func=_evaluate)
 
 
@@ -121,9 +125,11 @@ def _evaluate(args) -> int:
 
 def register_demo(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="generate synthetic data and train the demo model")
-    parser.add_argument("--output-dir", default="runs/demo")
-    parser.add_argument("--per-class", type=int, default=60)
-    parser.add_argument("--config", default=str(DEMO_CONFIG), help="TrainConfig YAML for the demo run")
+    parser.add_argument("--output-dir", default="runs/demo",
+                        help="where the synthetic data and the run go (default: %(default)s)")
+    parser.add_argument("--per-class", type=int, default=60, help="synthetic images per class (default: %(default)s)")
+    parser.add_argument("--config", default=str(DEMO_CONFIG),
+                        help="TrainConfig YAML for the demo run (default: %(default)s)")
     parser.set_defaults(func=_demo)
 
 
