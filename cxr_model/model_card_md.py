@@ -78,11 +78,13 @@ def render_model_card(card: ModelCard) -> str:
               f"probability below {_pct(card.low_confidence_below)}.",
               ]
     if card.thresholds:
-        lines.append("- Per-label thresholds: " + ", ".join(f"{n} {t:.2f}" for n, t in zip(card.labels, card.thresholds)) + ".")
+        pairs = ", ".join(f"{n} {t:.2f}" for n, t in zip(card.labels, card.thresholds))
+        lines.append(f"- Per-label thresholds: {pairs}.")
     lines += ["", "## Data", "",
               f"- Training data manifest sha256: `{card.data_manifest_sha256 or 'n/a'}` (every file's sha256 and "
               f"split are in `split_manifest.json` of the training run).",
-              f"- Split seed: {card.split_seed}; stratified, deterministic; byte-identical images never straddle splits.",
+              f"- Split seed: {card.split_seed}; stratified, deterministic; "
+              "byte-identical images never straddle splits.",
               "", "## Performance (held-out test split)", ""]
     if test:
         lines += [f"- Images: {test.get('n', 'n/a')}",

@@ -63,8 +63,10 @@ def _write_markdown(path: Path, report: dict) -> None:
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",
-        f"| accuracy | {fmt(report['accuracy'])} | {fmt(report['accuracy_ci95'][0])} - {fmt(report['accuracy_ci95'][1])} |",
-        f"| macro-F1 | {fmt(report['macro_f1'])} | {fmt(report['macro_f1_ci95'][0])} - {fmt(report['macro_f1_ci95'][1])} |",
+        f"| accuracy | {fmt(report['accuracy'])} | "
+        f"{fmt(report['accuracy_ci95'][0])} - {fmt(report['accuracy_ci95'][1])} |",
+        f"| macro-F1 | {fmt(report['macro_f1'])} | "
+        f"{fmt(report['macro_f1_ci95'][0])} - {fmt(report['macro_f1_ci95'][1])} |",
         f"| macro ROC-AUC | {fmt(report['macro_roc_auc'])} | |",
         f"| ECE (15 bins), calibrated | {fmt(report['ece'])} | |",
         f"| ECE (15 bins), before temperature scaling | {fmt(report['calibration']['ece_before'])} | |",

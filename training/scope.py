@@ -76,7 +76,8 @@ def fit_and_measure(model, card, manifest: dict, directory: Path, false_rejectio
     for name in ("val", "test"):
         if split[name]:
             verdicts, _ = assess(classifier, limits, gate, _images(root, split[name], max_pixels))
-            chest[name] = _rates(verdicts) | {"false_rejection_rate": float(np.mean([not v.in_scope for v in verdicts]))}
+            refused = float(np.mean([not v.in_scope for v in verdicts]))
+            chest[name] = _rates(verdicts) | {"false_rejection_rate": refused}
     rng = np.random.default_rng(seed)
     unrelated = {}
     for kind in OUT_OF_SCOPE_KINDS:

@@ -36,7 +36,8 @@ def test_markdown_states_use_data_metrics_with_cis_limits_and_traceability():
 
 def test_cxr_model_card_writes_markdown_and_json(tmp_path):
     torch.manual_seed(0)
-    save_checkpoint(build_model("resnet18", 4, "none"), make_card(backbone="resnet18", metrics=METRICS), tmp_path / "ck")
+    card = make_card(backbone="resnet18", metrics=METRICS)
+    save_checkpoint(build_model("resnet18", 4, "none"), card, tmp_path / "ck")
     cxr = Path(sys.executable).with_name("cxr")
     subprocess.run([str(cxr), "model-card", str(tmp_path / "ck"), "--out", str(tmp_path / "MODEL_CARD.md")],
                    check=True, timeout=120)
