@@ -22,11 +22,16 @@ from serve.store import ResultStore
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # ``CXR_CHECKPOINT`` in the environment wins, so one config serves every installation.
-    checkpoint: str = ""
+    checkpoint: str = ""  # the lowest of three sources: see serve.settings for the precedence
     device: str = "auto"
     runtime: str = "auto"  # auto | torch | onnx; auto = ONNX Runtime on CPU when a verified export exists
     compile: bool = False  # torch.compile the torch runtime (GPU deployments)
+
+
+def initial_checkpoint(settings: ServeSettings, args: AppArgs) -> str:
+    """``CXR_CHECKPOINT``, else ``args.checkpoint``; a ``user_config.checkpoint`` then rolls over both
+    in ``BatchedClassifier.reconfigure`` (the whole precedence is written in ``serve.settings``)."""
+    return resolve_checkpoint(settings.checkpoint or args.checkpoint)
 
 
 def resolve_checkpoint(value: str) -> str:
@@ -48,7 +53,6 @@ def with_secrets(settings: ServeSettings) -> ServeSettings:
 
 def build_app(args: AppArgs) -> Application:
     settings = with_secrets(ServeSettings())
-    checkpoint = resolve_checkpoint(settings.checkpoint or args.checkpoint)
-    classifier = BatchedClassifier.bind(checkpoint, args.device, args.runtime, args.compile)
-    store = ResultStore.bind(settings.model_dump())
-    return Ingress.bind(classifier, store, settings.model_dump())
+    classifier = BatchedClassifier.bind(initial_checkpoint(settings, args), args.device, args.runtime, args.compile)
+    store = ResultStore.bind(settings)
+    return Ingress.bind(classifier, store, settings)

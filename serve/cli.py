@@ -12,7 +12,9 @@ from datetime import datetime, timedelta, timezone
 
 from pymongo import MongoClient
 
-from serve.access import ROLES, ApiKeys, AuditLog
+from serve.api_keys import ApiKeys
+from serve.audit import ACTIONS, AuditLog
+from serve.identity import ROLES
 from serve.settings import ServeSettings
 
 
@@ -26,11 +28,12 @@ def register_keys(subparsers) -> None:
     parser = subparsers.add_parser("keys", help="create, list and revoke API keys")
     actions = parser.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new key, printed once")
-    create.add_argument("--name", required=True, help="who or what uses it (recorded in the audit log)")
-    create.add_argument("--role", choices=ROLES, default="clinician")
-    create.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
+    create.add_argument("--name", required=True, help="who or what uses it, recorded in the audit log (required)")
+    create.add_argument("--role", choices=ROLES, default="clinician", help="what the key may do (default: %(default)s)")
+    create.add_argument("--rate-limit", type=int, default=None,
+                        help="requests per minute for this key (default: the service's CXR_RATE_LIMIT_PER_MINUTE)")
     revoke = actions.add_parser("revoke", help="revoke a key by its id (its sessions end within 30 s)")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the key's id, as cxr keys list shows it")
     actions.add_parser("list", help="every key: id, name, role, created, revoked")
     parser.set_defaults(func=_keys)
 
@@ -55,13 +58,14 @@ def _keys(args) -> int:
 
 def register_audit(subparsers) -> None:
     parser = subparsers.add_parser("audit", help="who created, viewed or exported which study (newest first)")
-    parser.add_argument("--patient-id")
-    parser.add_argument("--actor", help="a key name or SSO user")
-    parser.add_argument("--prediction-id")
-    parser.add_argument("--action", choices=("create", "view", "export", "search", "login"))
-    parser.add_argument("--days", type=float, help="only the last N days")
-    parser.add_argument("--limit", type=int, default=100)
-    parser.add_argument("--format", choices=("text", "jsonl"), default="text")
+    parser.add_argument("--patient-id", help="only this patient's entries (default: every patient)")
+    parser.add_argument("--actor", help="only this key name or SSO user (default: anyone)")
+    parser.add_argument("--prediction-id", help="only this prediction's entries (default: every prediction)")
+    parser.add_argument("--action", choices=ACTIONS, help="only this action (default: every action)")
+    parser.add_argument("--days", type=float, help="only the last N days (default: all time)")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many entries (default: %(default)s)")
+    parser.add_argument("--format", choices=("text", "jsonl"), default="text",
+                        help="aligned text or one JSON object per line (default: %(default)s)")
     parser.set_defaults(func=_audit)
 
 
@@ -75,6 +79,6 @@ def _audit(args) -> int:
             print(json.dumps(entry, default=str))
         else:
             print(f"{entry['at'].isoformat(timespec='seconds')}  {entry['action']:<6}  {entry['actor']}  "
-                  f"study {entry.get('prediction_id') or '-'}  patient {entry.get('patient_id') or '-'}"
+                  f"prediction {entry.get('prediction_id') or '-'}  patient {entry.get('patient_id') or '-'}"
                   + (f"  ({entry['detail']})" if entry.get("detail") else ""))
     return 0

@@ -1,19 +1,23 @@
 """Validation of what clients send, before anything reaches the model or the database.
 
-Each rejection carries an HTTP status and a stable error code, so the API, the
-pages and the metrics all name the same problem.
+Each rejection is an ``InputError`` with an HTTP status and a stable error code, so the API, the
+pages and the metrics all name the same problem. ``check_request`` checks every field of a
+prediction request at once.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from cxr_model.dicom import header_patient_id
 from cxr_model.preprocessing import (ImageDecodeError, PreprocessSpec, open_image, resize_levels, sniff_format,
                                     trailing_bytes)
+from serve.errors import InputError, InvalidRequest
 
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
@@ -22,19 +26,6 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 _DECODE_STATUS = {"empty": 400, "not_an_image": 415, "truncated": 422, "too_many_pixels": 413,
                   "dicom_unsupported_syntax": 415, "dicom_no_pixels": 422, "dicom_modality": 422,
                   "dicom_not_chest": 422, "dicom_not_greyscale": 422, "trailing_data": 422}
-
-
-class InputError(ValueError):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 details: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.field, self.details = status, code, field, details or {}
-
-    def to_json(self) -> dict:
-        body = {"code": self.code, "message": str(self)}
-        if self.field:
-            body["field"] = self.field
-        return {"error": body | self.details}
 
 
 def validate_patient_id(value) -> str:
@@ -88,6 +79,52 @@ def dicom_patient_id(data: bytes | None) -> str | None:
     """
     if not data or sniff_format(data) != "dicom":
         return None
-    from cxr_model.dicom import header_patient_id
-
     return header_patient_id(data)
+
+
+@dataclass
+class PredictionRequest:
+    """A checked request: every field valid and the image decoded."""
+
+    patient_id: str
+    request_id: str
+    explain: bool
+    save: bool
+    data: bytes
+    original: Image.Image
+    filename: str | None = None
+
+
+def flag(value) -> bool:
+    return str(value).lower() in ("1", "true", "on", "yes")
+
+
+def check_request(fields: dict, data: bytes | None, max_pixels: int, filename: str | None = None) -> PredictionRequest:
+    """All of a request's fields, validated; ``InvalidRequest`` lists every problem (patient ID first)."""
+    errors, values = [], {}
+    form_patient = (fields.get("patient_id") or "").strip()
+    checks = [("patient_id", lambda: validate_patient_id(form_patient or dicom_patient_id(data))),
+              ("request_id", lambda: validate_request_id(fields.get("request_id")) or uuid.uuid4().hex),
+              ("explain", lambda: validate_explain(fields.get("explain", ""))),
+              ("image", lambda: decode_required(data, max_pixels))]
+    for name, check in checks:
+        try:
+            values[name] = check()
+        except InputError as exc:
+            errors.append(exc)
+    if errors:
+        raise InvalidRequest(errors)
+    return PredictionRequest(values["patient_id"], values["request_id"], values["explain"],
+                             flag(fields.get("save", "")), data, values["image"], filename)
+
+
+def validate_explain(value: str) -> bool:
+    if value not in ("", "gradcam"):
+        raise InputError(400, "bad_explain", "explain must be 'gradcam' or empty", "explain")
+    return value == "gradcam"
+
+
+def decode_required(data: bytes | None, max_pixels: int) -> Image.Image:
+    if data is None:
+        raise InputError(400, "missing_image", "an 'image' file is required", "image")
+    return decode_upload(data, max_pixels)

@@ -1,8 +1,14 @@
-"""The service's one settings object: ``CXR_*`` environment variables, read at the app builder.
+"""The service's one settings object: ``CXR_*`` environment variables, read once at the app builder.
 
-Deployment-shaped settings (replicas, batch sizes, checkpoint path) live in
-``serve_config.yaml``; what differs per installation (where MongoDB is, size
-limits) comes from the environment, so one image runs everywhere.
+Deployment-shaped settings (replicas, batch sizes, checkpoint path) live in ``serve_config.yaml``;
+what differs per installation (where MongoDB is, size limits, timeouts) comes from the environment,
+so one image runs everywhere. The builder (``serve.app.build_app``) passes this object to every
+deployment's constructor; nothing below it reads the environment. Each knob has its one default here.
+
+Which checkpoint is served, highest first (applied in ``serve.app`` and ``BatchedClassifier``):
+1. ``user_config.checkpoint`` of the BatchedClassifier deployment: a model roll, applied at runtime;
+2. ``CXR_CHECKPOINT`` (``ServeSettings.checkpoint``): one config file for every installation;
+3. ``args.checkpoint`` in ``serve_config.yaml``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cxr_model.preprocessing import PreprocessSpec
 
 
 class ServeSettings(BaseSettings):
@@ -24,7 +32,8 @@ class ServeSettings(BaseSettings):
     embedded_db_port: int = Field(default=27027, ge=1024, le=65535)
     mongodb_timeout_ms: int = Field(default=3000, ge=100)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(default=50_000_000, ge=1024)
+    max_pixels: int = Field(default=PreprocessSpec.max_pixels, ge=1024)  # decoded pixels per upload
+    image_cache_s: int = Field(default=3600, ge=0)  # browsers may keep a stored image this long (private)
 
     # Who may call: api_key (bearer tokens for the API, a login session for the pages), proxy (an SSO
     # reverse proxy's identity header, trusted only from trusted_proxies), or off (the local demo only).
@@ -38,7 +47,22 @@ class ServeSettings(BaseSettings):
     pseudonym_key: str = ""
     session_hours: float = Field(default=12, gt=0, le=24 * 7)
     rate_limit_per_minute: int = Field(default=600, ge=1)  # per API key / user, per Ingress replica
+    # A verified key is trusted this long per Ingress replica (so a revocation takes effect within it),
+    # and while the database is down, for this much longer.
+    key_cache_s: float = Field(default=30, ge=0)
+    key_stale_s: float = Field(default=900, ge=0)
     request_timeout_s: float = Field(default=30, gt=0)  # a prediction that takes longer gets a 504
+    # Retry-After (s) for each way of being unavailable.
+    retry_after_overloaded_s: int = Field(default=2, ge=1)
+    retry_after_timeout_s: int = Field(default=5, ge=1)
+    retry_after_model_changing_s: int = Field(default=2, ge=1)
+    retry_after_database_s: int = Field(default=5, ge=1)
+    # A replica that died under a prediction: the pause before it is retried (within the timeout).
+    retry_pause_s: float = Field(default=0.5, gt=0)
+    # The pages hold recent uploads per Ingress replica so "Save to record" stores what was shown.
+    held_uploads: int = Field(default=32, ge=1)
+    held_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    held_upload_s: float = Field(default=900, gt=0)
     # Image files left by a save the database interrupted (no record names them) are removed once
     # older than the grace period, which must outlast any save still in progress.
     orphan_sweep_interval_s: float = Field(default=600, gt=0)

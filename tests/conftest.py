@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
 import torch
@@ -23,58 +24,11 @@ from cxr_model.network import build_model  # noqa: E402
 from cxr_model.preprocessing import PreprocessSpec, levels_to_unit, normalize, resize_levels  # noqa: E402
 from cxr_model.scope import GATE_FILE, fit_feature_gate  # noqa: E402
 from training.synthetic import make_demo_dataset, render_chest  # noqa: E402
+from tests.helpers import IN_CI, make_card  # noqa: E402
 
-def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
-    image = Image.fromarray(array)
-    if mode:
-        image = image.convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def make_dicom(pixels: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2", modality: str = "DX",
-               body_part: str | None = "CHEST", patient_id: str = "DCM-0001", slope: float | None = None,
-               intercept: float | None = None, window: tuple[float, float] | None = None, rle: bool = False,
-               syntax: str | None = None, preamble: bytes | None = None, declared_shape=None,
-               **flags) -> bytes:
-    """A small single-frame DICOM radiograph file of the kind a CR/DX modality sends."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image, for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = preamble if preamble is not None else bytes(128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.PatientName, ds.Modality = patient_id, "Doe^Jane", modality
-    if body_part is not None:
-        ds.BodyPartExamined = body_part
-    rows, columns = declared_shape or pixels.shape
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0.0
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if flags.get("with_pixels", True):
-        ds.PixelData = pixels.tobytes()
-        if rle:
-            ds.compress(RLELossless, pixels)
-        elif syntax is not None:
-            meta.TransferSyntaxUID = syntax
-            ds.PixelData = encapsulate([pixels.tobytes()])
-            ds["PixelData"].VR = "OB"
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
+# Hypothesis: derandomised in CI (a failure there reproduces exactly); random locally, to keep finding new cases.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis.settings.load_profile("ci" if IN_CI else "default")
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -110,13 +64,6 @@ def demo_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo-data") / "COVID-19_Radiography_Dataset"
     make_demo_dataset(root, per_class=50, seed=0, duplicates=2)
     return root
-
-
-def make_card(labels=COVID4, task=MULTICLASS, backbone="densenet121", size=64, **extra) -> ModelCard:
-    return ModelCard(
-        name=f"test-{backbone}", version="0.0.1", backbone=backbone, task=task, labels=list(labels),
-        preprocessing=PreprocessSpec(input_size=size).to_dict(), **extra,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from PIL import Image
 from cxr_model.annotate import DEMO_NOTICE, annotate, to_png
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.preprocessing import display_image, open_image
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 def test_sixteen_bit_radiographs_are_scaled_for_display():

@@ -9,7 +9,7 @@ from cxr_model.classifier import load_checkpoint
 from cxr_model.classifier import Classifier
 from cxr_model.labels import MULTILABEL, NIH14
 from cxr_model.network import build_model
-from tests.conftest import make_card
+from tests.helpers import make_card
 
 
 def test_round_trip_gives_bit_identical_probabilities(tmp_path):
@@ -90,7 +90,7 @@ def test_served_probabilities_use_the_cards_temperature_and_flag_low_confidence(
     from cxr_model.checkpoint import save_checkpoint
     from cxr_model.classifier import load_checkpoint, low_confidence
     from cxr_model.network import build_model
-    from tests.conftest import make_card
+    from tests.helpers import make_card
 
     torch.manual_seed(0)
     model = build_model("resnet18", 4, "none")

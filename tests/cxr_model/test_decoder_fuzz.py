@@ -11,19 +11,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_image, preprocess
-from tests.conftest import make_dicom, png_bytes
+from tests.helpers import FUZZ_SEEDS as SEEDS
 
 SPEC = PreprocessSpec(input_size=32, max_pixels=4_000_000)
-
-
-def _jpeg() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-SEEDS = [png_bytes(np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)), _jpeg(),
-         make_dicom(np.full((24, 24), 1000, np.uint16), bits_stored=12)]
 
 
 def decode_or_typed_error(data: bytes) -> None:

@@ -8,7 +8,7 @@ import pytest
 from cxr_model.dicom import decode, is_dicom, read_header, zero_preamble
 from cxr_model.formats import ImageDecodeError, sniff_format
 from cxr_model.preprocessing import PreprocessSpec, open_image, preprocess
-from tests.conftest import make_dicom
+from tests.helpers import make_dicom
 
 MAX = 50_000_000
 

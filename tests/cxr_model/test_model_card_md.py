@@ -12,7 +12,7 @@ import torch
 from cxr_model.checkpoint import save_checkpoint
 from cxr_model.model_card_md import render_model_card
 from cxr_model.network import build_model
-from tests.conftest import make_card
+from tests.helpers import make_card
 
 METRICS = {"test": {"n": 120, "accuracy": 0.9, "accuracy_ci95": [0.84, 0.95], "macro_f1": 0.88,
                     "macro_f1_ci95": [0.81, 0.93], "macro_roc_auc": 0.97, "ece": 0.031,

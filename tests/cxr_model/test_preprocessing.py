@@ -9,7 +9,7 @@ from cxr_model.formats import ImageDecodeError, sniff_format, trailing_bytes
 from cxr_model.preprocessing import (
     IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, decode_grayscale, open_image, preprocess,
 )
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 SPEC = PreprocessSpec(input_size=32)
 

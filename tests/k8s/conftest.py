@@ -18,6 +18,8 @@ import jsonpatch
 import pytest
 import yaml
 
+from tests.helpers import skip_or_fail_in_ci
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 SHARED = ROOT.parent / "shared"
@@ -27,7 +29,7 @@ OVERLAYS = ("gpu", "cpu-dev")
 def shared_file(relative: str) -> Path:
     path = SHARED / relative
     if not path.is_file():
-        pytest.skip(f"../shared/{relative} is not here (a user's own clone); CI provides it")
+        skip_or_fail_in_ci(f"../shared/{relative} is not here (a user's own clone); CI provides it")
     return path
 
 

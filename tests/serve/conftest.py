@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,9 @@ import yaml
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from serve.access import ApiKeys
+from serve.api_keys import ApiKeys
+from serve.records import PredictionRecords
+from tests.serve.helpers import client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +60,7 @@ class MongoServer:
 
 
 PSEUDONYM_KEY = "test-pseudonym-key"
+KEY_CACHE_S = 2  # short, so that the revocation tests wait out the window instead of skipping it
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +98,8 @@ class Service:
     def __init__(self, base_url: str, checkpoint: Path, env: dict, port: int, api_key: str):
         self.base_url, self.checkpoint, self.env, self.port, self.api_key = base_url, checkpoint, env, port, api_key
         # Authentication is on, as in production: every request carries the suite's API key.
-        self.http = httpx.Client(base_url=base_url, timeout=120, headers={"Authorization": f"Bearer {api_key}"})
-        self.anonymous = httpx.Client(base_url=base_url, timeout=120)
+        self.http = client(base_url, timeout=120, headers={"Authorization": f"Bearer {api_key}"})
+        self.anonymous = client(base_url, timeout=120)
 
     def predict(self, image: bytes, filename: str = "cxr.png", **fields) -> httpx.Response:
         data = {"patient_id": "P-0001", **{k: str(v) for k, v in fields.items()}}
@@ -114,7 +118,7 @@ def service(ray_cluster, mongo_server, tiny_checkpoint):
     port = free_port()
     env = {"CXR_MONGODB_URI": mongo_server.uri, "CXR_MONGODB_DATABASE": "cxr_test",
            "CXR_MONGODB_TIMEOUT_MS": "1500", "CXR_AUTH": "api_key", "CXR_PSEUDONYM_KEY": PSEUDONYM_KEY,
-           "CXR_SESSION_SECRET": "test-session-secret-0123456789abcdef"}
+           "CXR_SESSION_SECRET": "test-session-secret-0123456789abcdef", "CXR_KEY_CACHE_S": str(KEY_CACHE_S)}
     # The suite's own key, made the way an administrator does (`cxr keys create`), with a limit
     # high enough for the load tests; rate limiting is tested with keys of its own.
     _, api_key = ApiKeys(MongoClient(mongo_server.uri)["cxr_test"]).create("test-suite", "admin", 100_000)
@@ -136,3 +140,9 @@ def service(ray_cluster, mongo_server, tiny_checkpoint):
 @pytest.fixture(scope="session")
 def db(mongo_server):
     return MongoClient(mongo_server.uri)["cxr_test"]
+
+
+@pytest.fixture
+def records(mongo_server):
+    """A fresh database of prediction records on the real server, per test."""
+    return PredictionRecords(mongo_server.uri, f"store_{uuid.uuid4().hex[:8]}", timeout_ms=1500)

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from serve.access import ApiKeys, AuditLog, Identity, pseudonym
-from serve.auth import RateLimiter, Sessions
+from serve.api_keys import ApiKeys
+from serve.audit import AuditLog, pseudonym
+from serve.identity import Identity
+from serve.rate_limit import RateLimiter
+from serve.sessions import Sessions
 from serve.settings import ServeSettings
 
 

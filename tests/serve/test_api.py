@@ -10,20 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import png_bytes
+from tests.helpers import make_dicom, png_bytes
 from training.synthetic import render_chest
-
-COVID4 = ["COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia"]
-
-
-def chest_png(seed: int = 0, label: str = "Normal") -> bytes:
-    pixels = (render_chest(label, np.random.default_rng(seed)) * 255).astype(np.uint8)
-    return png_bytes(pixels)
-
-
-def stored_counts(db) -> tuple[int, int]:
-    return db["predictions"].count_documents({}), db["images.files"].count_documents({})
-
+from tests.serve.helpers import COVID4, chest_png, stored_counts
 
 def test_round_trip_predict_save_fetch_record_and_images(service, db):
     image = chest_png(1)
@@ -74,6 +63,11 @@ def test_gradcam_on_request(service):
     assert body["gradcam_label"] in COVID4
     cam = service.http.get(f"/api/v1/predictions/{body['prediction_id']}/image?kind=gradcam")
     assert cam.status_code == 200 and Image.open(io.BytesIO(cam.content)).mode == "RGB"
+    # Non-degenerate: the heatmap varies over the image. Red minus blue cancels the grey radiograph
+    # under the jet overlay, leaving only the heatmap's colour (constant for an all-zero CAM).
+    rgb = np.asarray(Image.open(io.BytesIO(cam.content)).convert("RGB"), dtype=np.float32)
+    tint = rgb[..., 0] - rgb[..., 2]
+    assert tint.std() > 10 and tint.max() - tint.min() > 60, (tint.std(), tint.min(), tint.max())
 
 
 def test_repeated_request_id_saves_once(service, db):
@@ -113,8 +107,6 @@ def test_model_card_health_and_readiness(service):
 
 
 def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(service, db):
-    from tests.conftest import make_dicom
-
     # MONOCHROME1 stores white as the lowest value: inverted levels that decode back to the chest picture.
     pixels = 4095 - (render_chest("Normal", np.random.default_rng(7)) * 4095).astype(np.uint16)
     data = make_dicom(pixels, bits_stored=12, photometric="MONOCHROME1", patient_id="DCM-HDR-1",
@@ -138,8 +130,6 @@ def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(s
     ({"patient_id": "Doe^John"}, 400, "bad_patient_id"),  # the header's ID is validated like a typed one
 ])
 def test_bad_dicom_uploads_get_their_4xx_and_store_nothing(service, db, change, status, code):
-    from tests.conftest import make_dicom
-
     before = stored_counts(db)
     data = make_dicom(np.full((32, 32), 2000, np.uint16), bits_stored=12, **change)
     response = service.http.post("/api/v1/predictions", data={"save": "1"},

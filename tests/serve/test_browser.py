@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.test_api import chest_png
+from tests.serve.helpers import chest_png
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -50,6 +50,8 @@ class Session:
         self.name, self.step, self.errors = name, 0, []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        # A blocked or failed subresource (a CSP refusal among them) counts too, with or without JS.
+        self.page.on("requestfailed", lambda r: self.errors.append(f"{r.url}: {r.failure}"))
         if api_key:  # sign in as a clinician does: paste the key once, the session cookie does the rest
             self.page.goto("/login")
             self.page.fill("#api_key", api_key)
@@ -98,11 +100,11 @@ def search_and_open(s: Session, patient: str, live: bool) -> None:
     assert f"patient_id={patient}" in s.page.url  # the search is bookmarkable
     s.shot("search")
     s.page.locator("#patient-results").get_by_role("link", name=re.compile("Review")).click()
-    s.page.wait_for_url(re.compile(r"/studies/[0-9a-f]+$"))
+    s.page.wait_for_url(re.compile(r"/predictions/[0-9a-f]+$"))
     assert patient in s.page.locator("h1").inner_text()
     assert s.image_loaded("img[alt^='Annotated radiograph']")
-    s.shot("study")
-    s.page.get_by_role("link", name=f"All studies for patient {patient}").click()
+    s.shot("prediction")
+    s.page.get_by_role("link", name=f"All predictions for patient {patient}").click()
     s.page.locator("#patient-results tbody tr").first.wait_for()
 
 
@@ -147,14 +149,15 @@ def test_the_same_flow_without_javascript(browser, service, db):
         s.page.get_by_label("Chest X-ray image").set_input_files(png_file(51))
         s.page.get_by_role("button", name="Predict").click()
         s.page.locator("#result article.result").wait_for()
-        assert s.page.url.endswith("/studies")  # a plain form post answered with a whole page
+        assert s.page.url.endswith("/predictions")  # a plain form post answered with a whole page
         assert s.image_loaded("#result .view-annotated-image img")
         s.shot("result")
         s.page.get_by_role("button", name="Save to record").click()
-        s.page.wait_for_url(re.compile(r"/studies/[0-9a-f]+$"))
-        s.shot("saved-study")
+        s.page.wait_for_url(re.compile(r"/predictions/[0-9a-f]+$"))
+        s.shot("saved-prediction")
         assert db["predictions"].count_documents({"patient_id": patient}) == 1
         search_and_open(s, patient, live=False)
+        assert s.errors == []  # console errors and CSP refusals fail this flow as they fail the JS one
     finally:
         s.close()
 

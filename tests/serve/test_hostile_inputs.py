@@ -11,8 +11,8 @@ import zlib
 
 import pytest
 
-from tests.serve.test_api import chest_png, stored_counts
-from tests.serve.test_pages import csrf_token
+from tests.serve.helpers import chest_png, stored_counts
+from tests.serve.helpers import csrf_token
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -130,7 +130,7 @@ def test_a_real_image_with_a_misleading_name_and_type_is_judged_by_its_bytes(ser
 def test_the_page_form_escapes_what_it_refuses(service, db, field, value):
     before = stored_counts(db)
     request = form(**{field: value, "csrf_token": csrf_token(service)})
-    response = service.http.post("/studies", **request, follow_redirects=False)
+    response = service.http.post("/predictions", **request, follow_redirects=False)
     assert response.status_code == 400
     assert SCRIPT not in response.text and "<script>alert" not in response.text
     assert stored_counts(db) == before

@@ -4,9 +4,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxr_model.preprocessing import trailing_bytes
-from serve.inputs import InputError, decode_upload, validate_patient_id, validate_request_id
-from tests.conftest import png_bytes
-from tests.cxr_model.test_decoder_fuzz import SEEDS
+from serve.errors import InputError
+from serve.inputs import decode_upload, validate_patient_id, validate_request_id
+from tests.helpers import png_bytes
+from tests.helpers import FUZZ_SEEDS as SEEDS
 
 
 @pytest.mark.parametrize("value", ["P-0001", "12345", "mrn.778_2", "a" * 64])

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import yaml
 
-from tests.conftest import png_bytes
-from tests.serve.test_api import chest_png
+from tests.helpers import png_bytes
+from tests.serve.helpers import chest_png
 
 K8S = Path(__file__).resolve().parents[2] / "k8s" / "base"
 SERIES = re.compile(r"\b(ray_[a-z0-9_]+)\b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from tests.serve.test_api import chest_png
+from tests.serve.helpers import chest_png
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,13 @@ def check(spec, schema_name: str, instance) -> None:
 
 
 def test_every_route_is_documented(service, spec):
-    from serve.ingress import ROUTES
+    from serve.api import Api
+    from serve.routes import declared
 
-    assert {path for path, _, _ in ROUTES} == set(spec["paths"])
-    for path, _, methods in ROUTES:
-        assert {m.lower() for m in methods} == set(spec["paths"][path])
+    routes = [spec_ for _, spec_ in declared(Api)]
+    assert {r.path for r in routes} == set(spec["paths"])
+    for route in routes:
+        assert {m.lower() for m in route.methods} == set(spec["paths"][route.path])
 
 
 def test_real_responses_match_the_schemas(service, spec):

@@ -16,8 +16,8 @@ from cxr_model.checkpoint import load_network, save_checkpoint
 from cxr_model.network import build_model
 from cxr_model.onnx_runtime import export_onnx
 from cxr_model.scope import GATE_FILE
-from tests.conftest import make_card
-from tests.serve.test_api import chest_png
+from tests.helpers import make_card
+from tests.serve.helpers import chest_png
 
 
 def test_prometheus_endpoint_exports_serve_and_app_metrics(service, ray_metrics_url):

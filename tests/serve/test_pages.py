@@ -8,37 +8,13 @@ import uuid
 
 from PIL import Image
 
-from tests.serve.test_api import chest_png, stored_counts
+from tests.serve.helpers import HX, chest_png, client, csrf_token, is_full_page, post_prediction, save_held, stored_counts
 from ui.views import HTMX_FILE, STATIC_DIR
-
-HX = {"HX-Request": "true"}
-NOTICE = "Decision support only - not for diagnostic use"
-
-
-def csrf_token(service) -> str:
-    """What a browser has after loading any page: the cookie (kept by the client) and the field."""
-    return re.search(r'name="csrf_token" value="([^"]+)"', service.http.get("/").text).group(1)
-
-
-def save_held(service, request_id: str, **kwargs):
-    return service.http.post("/studies/save", data={"request_id": request_id, "csrf_token": csrf_token(service)},
-                             **kwargs)
-
-
-def post_study(service, image: bytes | None, htmx: bool = False, filename: str = "cxr.png", **fields):
-    data = {"patient_id": "P-PAGE-1", "request_id": uuid.uuid4().hex, "csrf_token": csrf_token(service), **fields}
-    files = {"image": (filename, image, "image/png")} if image is not None else {"image": ("", b"", "application/octet-stream")}
-    return service.http.post("/studies", data=data, files=files, headers=HX if htmx else {}, follow_redirects=False)
-
-
-def is_full_page(html: str) -> bool:
-    return html.lstrip().lower().startswith("<!doctype html>") and NOTICE in html
-
 
 def test_new_study_page_and_static_files(service):
     page = service.http.get("/")
     assert page.status_code == 200 and is_full_page(page.text)
-    assert 'action="/studies"' in page.text and 'enctype="multipart/form-data"' in page.text
+    assert 'action="/predictions"' in page.text and 'enctype="multipart/form-data"' in page.text
     assert page.headers["cache-control"] == "no-store"
     htmx = service.http.get(f"/static/{HTMX_FILE}")
     assert htmx.status_code == 200 and htmx.content == (STATIC_DIR / HTMX_FILE).read_bytes()
@@ -48,16 +24,16 @@ def test_new_study_page_and_static_files(service):
 
 def test_plain_form_post_returns_the_whole_page_with_the_result(service, db):
     before = stored_counts(db)
-    response = post_study(service, chest_png(40))
+    response = post_prediction(service, chest_png(40))
     assert response.status_code == 200 and is_full_page(response.text)
     html = response.text
     assert html.count("<meter") == 4 and 'src="data:image/jpeg;base64,' in html
-    assert "Save to record" in html and 'action="/studies/save"' in html
+    assert "Save to record" in html and 'action="/predictions/save"' in html
     assert stored_counts(db) == before  # predicted, not saved
 
 
 def test_htmx_post_returns_only_the_result_fragment(service):
-    response = post_study(service, chest_png(41), htmx=True, explain="gradcam")
+    response = post_prediction(service, chest_png(41), htmx=True, explain="gradcam")
     assert response.status_code == 200 and not is_full_page(response.text)
     html = response.text
     assert "<html" not in html and html.count("<meter") == 4
@@ -66,7 +42,7 @@ def test_htmx_post_returns_only_the_result_fragment(service):
 
 
 def test_save_on_predict_redirects_to_the_stored_study(service, db):
-    response = post_study(service, chest_png(42), save="1", patient_id="P-PAGE-SAVE")
+    response = post_prediction(service, chest_png(42), save="1", patient_id="P-PAGE-SAVE")
     assert response.status_code == 303
     location = response.headers["location"]
     study = service.http.get(location)
@@ -76,19 +52,19 @@ def test_save_on_predict_redirects_to_the_stored_study(service, db):
     assert record["patient_id"] == "P-PAGE-SAVE"
     for kind in ("original", "annotated"):
         # The page's own image route, which takes the session (the API wants the bearer key).
-        assert f"/studies/{prediction_id}/image?kind={kind}" in study.text
-        assert service.http.get(f"/studies/{prediction_id}/image", params={"kind": kind}).status_code == 200
-    assert service.http.get(f"/studies/{prediction_id}/image", params={"kind": "xray"}).status_code == 400
+        assert f"/predictions/{prediction_id}/image?kind={kind}" in study.text
+        assert service.http.get(f"/predictions/{prediction_id}/image", params={"kind": kind}).status_code == 200
+    assert service.http.get(f"/predictions/{prediction_id}/image", params={"kind": "xray"}).status_code == 400
     assert 'href="/patients?patient_id=P-PAGE-SAVE"' in study.text
     assert record["model"]["weights_sha256"][:12] in study.text
-    thumb = service.http.get(f"/studies/{prediction_id}/thumbnail")
+    thumb = service.http.get(f"/predictions/{prediction_id}/thumbnail")
     assert thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 160
 
 
 def test_save_after_predict_stores_what_was_shown_once(service, db):
     request_id = uuid.uuid4().hex
-    shown = post_study(service, chest_png(43), htmx=True, request_id=request_id, patient_id="P-PAGE-LATER")
+    shown = post_prediction(service, chest_png(43), htmx=True, request_id=request_id, patient_id="P-PAGE-LATER")
     assert shown.status_code == 200 and db["predictions"].count_documents({"request_id": request_id}) == 0
     saved = save_held(service, request_id, headers=HX)
     assert saved.status_code == 200 and "Saved to the record" in saved.text
@@ -96,7 +72,7 @@ def test_save_after_predict_stores_what_was_shown_once(service, db):
     assert again.status_code == 303  # a second click lands on the same study
     assert db["predictions"].count_documents({"request_id": request_id}) == 1
     record = db["predictions"].find_one({"request_id": request_id})
-    assert again.headers["location"] == f"/studies/{record['_id']}"
+    assert again.headers["location"] == f"/predictions/{record['_id']}"
     assert f"{record['confidence'] * 100:.1f}%" in shown.text
 
 
@@ -109,7 +85,7 @@ def test_save_of_an_unknown_prediction_is_refused(service, db):
 
 def test_htmx_errors_are_swapped_next_to_each_field_and_store_nothing(service, db):
     before = stored_counts(db)
-    response = post_study(service, b"this is not an image", htmx=True, patient_id="", save="1")
+    response = post_prediction(service, b"this is not an image", htmx=True, patient_id="", save="1")
     assert response.status_code == 415  # the most specific problem sets the status
     html = response.text
     assert not is_full_page(html) and 'role="alert"' in html
@@ -120,7 +96,7 @@ def test_htmx_errors_are_swapped_next_to_each_field_and_store_nothing(service, d
 
 def test_too_large_upload_is_refused_with_the_message_by_the_file_field(service, db):
     before = stored_counts(db)
-    response = post_study(service, b"\x89PNG\r\n\x1a\n" + b"\0" * (26 * 1024 * 1024), htmx=True, save="1")
+    response = post_prediction(service, b"\x89PNG\r\n\x1a\n" + b"\0" * (26 * 1024 * 1024), htmx=True, save="1")
     assert response.status_code == 413
     assert re.search(r'id="image-error"[^>]*>This file is larger than the upload limit', response.text)
     assert stored_counts(db) == before
@@ -128,12 +104,12 @@ def test_too_large_upload_is_refused_with_the_message_by_the_file_field(service,
 
 def test_plain_post_error_keeps_the_chosen_file_for_the_next_attempt(service, db):
     request_id = uuid.uuid4().hex
-    failed = post_study(service, chest_png(44), filename="chest-44.png", patient_id="", request_id=request_id)
+    failed = post_prediction(service, chest_png(44), filename="chest-44.png", patient_id="", request_id=request_id)
     assert failed.status_code == 400 and is_full_page(failed.text)
     assert "Enter the patient ID" in failed.text and "Using chest-44.png" in failed.text
     assert f'value="{request_id}"' in failed.text
     # The clinician fixes the patient ID only; the file input is empty on a re-rendered page.
-    retried = post_study(service, None, patient_id="P-PAGE-KEPT", request_id=request_id, save="1")
+    retried = post_prediction(service, None, patient_id="P-PAGE-KEPT", request_id=request_id, save="1")
     assert retried.status_code == 303
     assert db["predictions"].find_one({"request_id": request_id})["patient_id"] == "P-PAGE-KEPT"
 
@@ -142,7 +118,7 @@ def test_database_outage_shows_the_prediction_not_saved_and_retry_saves_it(servi
     request_id = uuid.uuid4().hex
     mongo_server.stop()
     try:
-        response = post_study(service, chest_png(45), htmx=True, save="1", request_id=request_id)
+        response = post_prediction(service, chest_png(45), htmx=True, save="1", request_id=request_id)
         assert response.status_code == 200 and response.text.count("<meter") == 4
         assert "Prediction shown, not saved - database unavailable" in response.text and "Retry save" in response.text
         listing = service.http.get("/patients", params={"patient_id": "P-PAGE-1"}, headers=HX)
@@ -161,7 +137,7 @@ def test_patient_search_full_page_fragment_and_pagination(service):
         assert service.predict(chest_png(100 + seed), patient_id=patient, save="1").json()["saved"]
     page = service.http.get("/patients", params={"patient_id": patient})
     assert page.status_code == 200 and is_full_page(page.text)
-    assert page.text.count("/thumbnail") == 10 and "12 studies" in page.text and "Page 1 of 2" in page.text
+    assert page.text.count("/thumbnail") == 10 and "12 predictions" in page.text and "Page 1 of 2" in page.text
     fragment = service.http.get("/patients", params={"patient_id": patient, "page": "2"}, headers=HX)
     assert fragment.status_code == 200 and not is_full_page(fragment.text)
     assert fragment.text.count("/thumbnail") == 2 and 'rel="prev"' in fragment.text
@@ -178,13 +154,13 @@ def test_patient_search_rejects_bad_ids_and_reports_empty_results(service):
     assert bad.status_code == 400 and "patient_id must be" in bad.text
     assert "&#34;$ne&#34;" in bad.text or "$ne" not in bad.text.replace("&#34;", "")
     empty = service.http.get("/patients", params={"patient_id": "P-NOBODY-1"}, headers=HX)
-    assert empty.status_code == 200 and "No stored studies" in empty.text
+    assert empty.status_code == 200 and "No stored predictions" in empty.text
     blank = service.http.get("/patients")
     assert blank.status_code == 200 and "Type a patient ID" in blank.text
 
 
 def test_study_and_model_pages(service):
-    missing = service.http.get("/studies/does-not-exist")
+    missing = service.http.get("/predictions/does-not-exist")
     assert missing.status_code == 404 and is_full_page(missing.text)
     model = service.http.get("/model")
     card = service.http.get("/api/v1/model").json()
@@ -194,7 +170,7 @@ def test_study_and_model_pages(service):
 
 
 def test_every_response_carries_a_strict_content_security_policy(service):
-    for path in ("/", "/patients", "/model", "/api/v1/model", f"/static/{HTMX_FILE}", "/studies/nope"):
+    for path in ("/", "/patients", "/model", "/api/v1/model", f"/static/{HTMX_FILE}", "/predictions/nope"):
         response = service.http.get(path)
         csp = response.headers["content-security-policy"]
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, path
@@ -212,18 +188,18 @@ def test_form_posts_without_a_matching_csrf_token_are_refused_and_store_nothing(
     request_id = uuid.uuid4().hex
     # A cross-site form riding a signed-in user's credentials: no CSRF cookie (SameSite=Strict keeps
     # it home), whatever token it invents.
-    with httpx.Client(base_url=service.base_url, timeout=60,
+    with client(service.base_url, timeout=60,
                       headers={"Authorization": f"Bearer {service.api_key}"}) as stranger:
-        forged = stranger.post("/studies", data={"patient_id": "P-CSRF-1", "save": "1", "request_id": request_id,
+        forged = stranger.post("/predictions", data={"patient_id": "P-CSRF-1", "save": "1", "request_id": request_id,
                                                   "csrf_token": "x" * 43},
                                files={"image": ("cxr.png", chest_png(60), "image/png")})
         assert forged.status_code == 403 and "expired or did not come from this site" in forged.text
         cookie = forged.headers["set-cookie"]  # the refusal page starts a proper session
         assert "SameSite=Strict" in cookie and "HttpOnly" in cookie
-        assert stranger.post("/studies/save", data={"request_id": request_id}).status_code == 403
+        assert stranger.post("/predictions/save", data={"request_id": request_id}).status_code == 403
     # Our own page's client, but the field left out.
     csrf_token(service)
-    missing = service.http.post("/studies", data={"patient_id": "P-CSRF-1", "save": "1"},
+    missing = service.http.post("/predictions", data={"patient_id": "P-CSRF-1", "save": "1"},
                                 files={"image": ("cxr.png", chest_png(60), "image/png")}, headers=HX)
     assert missing.status_code == 403
     assert stored_counts(db) == before

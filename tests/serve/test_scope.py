@@ -11,8 +11,8 @@ import pytest
 
 from cxr_model.checkpoint import read_card
 from cxr_model.scope import REASONS
-from tests.serve.test_api import chest_png, stored_counts
-from tests.serve.test_pages import HX, post_study
+from tests.serve.helpers import chest_png, stored_counts
+from tests.serve.helpers import HX, post_prediction
 from training.synthetic import render_out_of_scope
 
 CASES = [("colour_photo", "colour_image"), ("blank", "blank_image"), ("noise", "noise_image"),
@@ -56,7 +56,7 @@ def test_jpeg_photo_is_judged_by_content_not_format(service):
 @pytest.mark.parametrize("htmx", [False, True])
 def test_pages_show_the_reason_beside_the_image_field_and_no_result(service, db, htmx):
     before = stored_counts(db)
-    response = post_study(service, picture("limb_radiograph", seed=3), htmx=htmx, save="1")
+    response = post_prediction(service, picture("limb_radiograph", seed=3), htmx=htmx, save="1")
     assert response.status_code == 422
     assert "does not look like the frontal chest radiographs" in response.text
     assert '<meter' not in response.text and "COVID-19" not in response.text

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import httpx
 import pytest
 from pymongo import MongoClient
 
-from serve.access import ApiKeys
-from tests.serve.test_api import chest_png, stored_counts
+from serve.api_keys import ApiKeys
+from tests.serve.conftest import KEY_CACHE_S
+from tests.serve.helpers import chest_png, stored_counts
+from tests.serve.helpers import client as suite_client
 
 API_ROUTES = [("POST", "/api/v1/predictions"), ("GET", "/api/v1/predictions/abc"),
               ("GET", "/api/v1/predictions/abc/image"), ("GET", "/api/v1/patients/P-1/predictions"),
@@ -24,7 +27,7 @@ def keys(service):
 
 def client(service, token: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=service.base_url, timeout=60, headers=headers, follow_redirects=False)
+    return suite_client(service.base_url, timeout=60, headers=headers, follow_redirects=False)
 
 
 @pytest.mark.parametrize("method, path", API_ROUTES)
@@ -80,6 +83,28 @@ def test_a_revoked_key_is_refused(service, keys):
         assert revoked.get("/api/v1/model").status_code == 401
 
 
+def test_revoking_a_cached_key_takes_effect_within_the_cache_window(service, keys):
+    key_id, token = keys.create("cached-then-revoked")
+    with client(service, token) as user:
+        assert user.get("/api/v1/model").status_code == 200  # verified, and now cached by the Ingress
+        assert keys.revoke(key_id)
+        time.sleep(KEY_CACHE_S + 1)
+        refused = user.get("/api/v1/model")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+
+
+def test_a_page_session_ends_when_its_key_is_revoked(service, keys):
+    key_id, token = keys.create("dr-revoked-session")
+    with client(service) as browser:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/login").text).group(1)
+        assert browser.post("/login", data={"api_key": token, "csrf_token": csrf}).status_code == 303
+        assert browser.get("/patients").status_code == 200  # the session works, and is cached
+        assert keys.revoke(key_id)
+        time.sleep(KEY_CACHE_S + 1)
+        ended = browser.get("/patients")
+        assert ended.status_code == 303 and ended.headers["location"].startswith("/login")
+
+
 def test_rate_limit_per_key_answers_429_with_retry_after(service, keys):
     _, limited = keys.create("scripted-uploader", rate_limit_per_minute=3)
     with client(service, limited) as c, client(service, service.api_key) as other:
@@ -97,7 +122,7 @@ def test_audit_log_records_who_created_viewed_exported_and_searched(service, db)
     assert service.http.get(f"/api/v1/predictions/{prediction_id}").status_code == 200
     assert service.http.get(f"/api/v1/predictions/{prediction_id}/image", params={"kind": "annotated"}).status_code == 200
     assert service.http.get(f"/api/v1/patients/{patient}/predictions").status_code == 200
-    assert service.http.get(f"/studies/{prediction_id}").status_code == 200
+    assert service.http.get(f"/predictions/{prediction_id}").status_code == 200
     entries = list(db["audit"].find({"patient_id": patient}).sort("at", 1))
     assert [e["action"] for e in entries] == ["create", "view", "export", "search", "view"]
     assert {e["actor"] for e in entries} == {"test-suite"} and entries[2]["detail"] == "annotated"

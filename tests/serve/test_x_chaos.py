@@ -20,9 +20,10 @@ import httpx
 import psutil
 import pytest
 
-from serve.store import ResultRepository
+from serve.orphans import sweep_orphans
+from serve.records import PredictionRecords
 from tests.serve.conftest import deploy, deploy_config
-from tests.serve.test_api import chest_png
+from tests.serve.helpers import chest_png, client, metric_total
 
 CLASSIFIER, INGRESS = "BatchedClassifier", "Ingress"
 
@@ -62,7 +63,7 @@ class SteadyLoad:
         self.pool = ThreadPoolExecutor(2)
 
     def _client(self, seed: int) -> None:
-        with httpx.Client(base_url=self.service.base_url, timeout=60, headers=self.service.http.headers) as http:
+        with client(self.service.base_url, timeout=60, headers=self.service.http.headers) as http:
             for i in range(400):  # bounded even if the stop never comes
                 if self.stop.is_set():
                     return
@@ -93,7 +94,9 @@ class SteadyLoad:
         return sum(status == 200 for status in self.statuses) / len(self.statuses)
 
 
-def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_recovers(service):
+def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_recovers(service, ray_metrics_url):
+    retries = lambda: metric_total(ray_metrics_url, "ray_cxr_prediction_retries_total", reason="replica_gone")  # noqa: E731
+    retried_before = retries()
     (victim,) = wait_until(lambda: replica_pids(CLASSIFIER), 60, "a running classifier replica")
     with SteadyLoad(service, "P-CHAOS-1") as load:
         os.kill(victim, signal.SIGKILL)
@@ -105,6 +108,8 @@ def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_rec
     assert after_replacement[-10:] == [200] * 10, after_replacement
     assert load.success_rate >= 0.99, (load.success_rate, sorted(set(load.statuses)))
     assert service.predict(chest_png(4242)).status_code == 200
+    # The requests that the dead replica held were retried, not failed (metrics export every 2 s).
+    wait_until(lambda: retries() > retried_before, 60, "the retry counter to rise")
 
 
 def test_a_redeploy_that_replaces_the_classifier_drains_in_flight_requests(service):
@@ -169,7 +174,7 @@ def test_stopping_the_database_mid_save_leaves_no_broken_record_and_a_retry_save
         assert all(_complete(db, file_id) for file_id in record["files"].values()), record["_id"]
     # The sweep (the store runs it every CXR_ORPHAN_SWEEP_INTERVAL_S; here at once, all saves being
     # over) leaves only files that a record names.
-    ResultRepository(mongo_server.uri, "cxr_test").sweep_orphans(timedelta(0))
+    sweep_orphans(PredictionRecords(mongo_server.uri, "cxr_test"), timedelta(0))
     owners = {r["_id"] for r in records}
     files = list(db["images.files"].find({"metadata.request_id": {"$in": request_ids}}))
     assert all(f["metadata"]["prediction_id"] in owners for f in files)

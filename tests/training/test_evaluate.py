@@ -9,7 +9,7 @@ import torch
 from cxr_model.checkpoint import save_checkpoint
 from cxr_model.cli import main as cxr
 from cxr_model.network import build_model
-from tests.conftest import make_card, png_bytes
+from tests.helpers import make_card, png_bytes
 
 FILES = ("report.json", "report.md", "per_class.csv", "predictions.csv",
          "confusion_matrix.png", "roc.png", "reliability.png")

@@ -7,7 +7,7 @@ import pytest
 
 from cxr_model.labels import COVID4, normalize_class_name
 from training.layouts import DatasetLayoutError, scan_dataset
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 def _image(seed: int) -> bytes:

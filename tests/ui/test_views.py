@@ -78,11 +78,11 @@ CARD = {"name": "cxr-test", "version": "v1", "backbone": "densenet121", "task": 
         "preprocessing": {"input_size": 224, "version": "cxr-pre-1"}}
 
 FULL_PAGES = {
-    "new_study.html": {"form": form(), "result": None, "error": None},
+    "new_prediction.html": {"form": form(), "result": None, "error": None},
     "patients.html": {"patient_id": "P-1", "items": [RECORD], "total": 1, "page": 1, "pages": 1, "error": None},
-    "study.html": {"record": RECORD, "rows": probability_rows(RECORD["probabilities"], LABELS, [], ["Normal"])},
+    "prediction.html": {"record": RECORD, "rows": probability_rows(RECORD["probabilities"], LABELS, [], ["Normal"])},
     "model.html": {"card": CARD, "metrics": [("Accuracy", "90.0%")]},
-    "message.html": {"title": "Study not found", "message": "No stored study has this ID."},
+    "message.html": {"title": "Prediction not found", "message": "No stored prediction has this ID."},
 }
 
 
@@ -105,11 +105,11 @@ def test_demo_banner_only_for_synthetic_models(renderer):
 
 
 def test_study_form_posts_without_javascript_and_binds_labels(renderer):
-    tags = Tags(renderer.render("new_study.html", **FULL_PAGES["new_study.html"]))
-    (study_form,) = tags.find("form", id="study-form")
-    assert study_form["action"] == "/studies" and study_form["method"] == "post"
-    assert study_form["enctype"] == "multipart/form-data" and study_form["hx-post"] == "/studies"
-    assert study_form["hx-target"] == "#result" and study_form["hx-indicator"] == "#study-busy"
+    tags = Tags(renderer.render("new_prediction.html", **FULL_PAGES["new_prediction.html"]))
+    (study_form,) = tags.find("form", id="prediction-form")
+    assert study_form["action"] == "/predictions" and study_form["method"] == "post"
+    assert study_form["enctype"] == "multipart/form-data" and study_form["hx-post"] == "/predictions"
+    assert study_form["hx-target"] == "#result" and study_form["hx-indicator"] == "#prediction-busy"
     for field_id in ("patient_id", "image"):
         assert tags.find("label", **{"for": field_id}) and tags.find("input", id=field_id)
     assert tags.find("progress", id="upload-progress")
@@ -119,7 +119,7 @@ def test_study_form_posts_without_javascript_and_binds_labels(renderer):
 
 def test_user_text_is_escaped_everywhere(renderer):
     hostile = '<script>alert(1)</script>"'
-    html = renderer.render("new_study.html", form=form(patient_id=hostile, errors={"patient_id": hostile}),
+    html = renderer.render("new_prediction.html", form=form(patient_id=hostile, errors={"patient_id": hostile}),
                            result=None, error={"patient_id": hostile})
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     html = renderer.render("_patient_results.html", patient_id=hostile, items=[], total=0, page=1, pages=0,
@@ -129,9 +129,9 @@ def test_user_text_is_escaped_everywhere(renderer):
 
 def test_field_errors_render_next_to_their_fields_and_as_out_of_band_swaps(renderer):
     errors = {"patient_id": "patient_id is required", "image": "the file is not a PNG or JPEG image"}
-    page = Tags(renderer.render("new_study.html", form=form(errors=errors), result=None, error=errors))
+    page = Tags(renderer.render("new_prediction.html", form=form(errors=errors), result=None, error=errors))
     assert page.find("input", id="patient_id", **{"aria-invalid": "true"})
-    fragment = renderer.render("_study_errors.html", form=form(errors=errors), error=errors)
+    fragment = renderer.render("_prediction_errors.html", form=form(errors=errors), error=errors)
     tags = Tags(fragment)
     assert "<html" not in fragment
     assert tags.find("div", role="alert")
@@ -142,14 +142,14 @@ def test_field_errors_render_next_to_their_fields_and_as_out_of_band_swaps(rende
 
 
 def test_result_partial_shows_a_bar_per_label_and_a_fresh_request_id(renderer):
-    fragment = renderer.render("_study_result.html", form=form(request_id="next-request-1"), result=result())
+    fragment = renderer.render("_prediction_result.html", form=form(request_id="next-request-1"), result=result())
     tags = Tags(fragment)
     meters = tags.find("meter")
     assert [float(m["value"]) for m in meters] == [0.1, 0.2, 0.6, 0.1]
     assert tags.find("input", id="request_id", value="next-request-1", **{"hx-swap-oob": "true"})
     assert tags.find("img", src="data:image/jpeg;base64,AAAA")
     assert not tags.find("input", id="view-gradcam"), "no Grad-CAM toggle without a Grad-CAM image"
-    assert tags.find("form", action="/studies/save")
+    assert tags.find("form", action="/predictions/save")
     assert tags.find("input", type="hidden", name="csrf_token", value=TOKEN)
     with_cam = Tags(renderer.render("_result.html", result=result(gradcam_src="data:image/jpeg;base64,BBBB",
                                                                      gradcam_label="Normal")))
@@ -167,7 +167,7 @@ def test_low_confidence_is_flagged_on_result_and_list(renderer):
 
 def test_saved_and_failed_saves_say_so(renderer):
     saved = renderer.render("_result.html", result=result(saved=True, prediction_id="abc", can_save=False))
-    assert Tags(saved).find("a", href="/studies/abc") and "Save to record" not in saved
+    assert Tags(saved).find("a", href="/predictions/abc") and "Save to record" not in saved
     failed = renderer.render("_result.html", result=result(save_error="database unavailable (ServerSelectionTimeoutError)"))
     assert "Prediction shown, not saved" in failed and "Retry save" in failed
 
@@ -178,8 +178,8 @@ def test_patient_results_paginate_with_links_that_work_without_javascript(render
     tags = Tags(html)
     hrefs = [a["href"] for a in tags.find("a") if "page=" in a.get("href", "")]
     assert hrefs == ["/patients?patient_id=P%201%26x&page=1", "/patients?patient_id=P%201%26x&page=3"]
-    assert tags.find("img", src="/studies/abc123/thumbnail")
-    assert tags.find("a", href="/studies/abc123")
+    assert tags.find("img", src="/predictions/abc123/thumbnail")
+    assert tags.find("a", href="/predictions/abc123")
 
 
 def test_field_messages_speak_to_clinicians_and_keep_unknown_texts():

@@ -20,7 +20,7 @@
     var bar = progressFor(event.target);
     if (bar) { bar.value = 0; }
     var result = document.getElementById("result");
-    if (result && event.target.id === "study-form") { result.setAttribute("aria-busy", "true"); }
+    if (result && event.target.id === "prediction-form") { result.setAttribute("aria-busy", "true"); }
   });
 
   document.addEventListener("htmx:afterRequest", function (event) {

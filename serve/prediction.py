@@ -1,0 +1,63 @@
+"""``Prediction``: one checked request and the model's answer to it, as the API shows it and as
+a record stores it. Drawing its images is ``serve.images``' job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve.inputs import PredictionRequest
+from serve.model_results import ModelOutput
+from serve.records import now
+
+
+@dataclass
+class Prediction:
+    request: PredictionRequest
+    output: ModelOutput
+    timings_ms: dict = field(default_factory=dict)
+    heatmap: np.ndarray | None = None  # Grad-CAM, when asked for
+    gradcam_label: str | None = None
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return self.output.by_label()
+
+    @property
+    def top_label(self) -> str:
+        probabilities = self.probabilities
+        return max(probabilities, key=probabilities.get)
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.top_label]
+
+    @property
+    def model(self) -> dict:
+        return self.output.model.to_dict()
+
+    def _result(self) -> dict:
+        return {"request_id": self.request.request_id, "patient_id": self.request.patient_id,
+                "probabilities": self.probabilities, "top_label": self.top_label, "confidence": self.confidence,
+                "positives": self.output.positives, "low_confidence": self.output.low_confidence,
+                "model": self.model}
+
+    def record(self, created_by: str) -> dict:
+        """The stored record, without its files (the store adds those)."""
+        return self._result() | {"created_at": now(), "created_by": created_by}
+
+    def api_body(self) -> dict:
+        body = self._result() | {"batch_size": self.output.batch_size, "saved": False, "prediction_id": None}
+        if self.gradcam_label is not None:
+            body["gradcam_label"] = self.gradcam_label
+        return body
+
+
+def public_record(record: dict) -> dict:
+    """A stored record as the API shows it: ids as strings, dates as ISO 8601."""
+    out = {k: v for k, v in record.items() if k not in ("_id", "files")}
+    out["prediction_id"] = record["_id"]
+    out["created_at"] = record["created_at"].isoformat()
+    out["images"] = {kind: f"/api/v1/predictions/{record['_id']}/image?kind={kind}" for kind in record["files"]}
+    return out

@@ -1,0 +1,115 @@
+"""``PredictionService``: one prediction's path through the service, shared by the API and the pages.
+
+Checked request -> image checks (the out-of-scope gate's first half) -> the batched classifier ->
+optional Grad-CAM -> optional save. Refusals are typed errors (``serve.errors``); overload and
+timeouts become ``Unavailable`` (503/504 with Retry-After), never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from cxr_model.checkpoint import ModelCard
+from cxr_model.scope import ImageLimits, ScopeVerdict, check_image
+from serve.errors import InputError, InvalidRequest, Unavailable
+from serve.identity import Identity
+from serve.images import stored_images
+from serve.inputs import PredictionRequest, check_request, model_levels
+from serve.metrics import IngressMetrics
+from serve.model_results import InputSizeMismatch, OutOfScope
+from serve.prediction import Prediction
+from serve.records import SaveResult
+from serve.retry import REPLICA_GONE, within_deadline
+from serve.settings import ServeSettings
+from serve.uploads import Upload
+
+
+class PredictionService:
+    def __init__(self, classifier: DeploymentHandle, store: DeploymentHandle, settings: ServeSettings):
+        self.classifier, self.store, self.settings = classifier, store, settings
+        self._card: ModelCard | None = None
+        self.metrics = IngressMetrics()
+
+    async def card(self, refresh: bool = False) -> ModelCard:
+        if self._card is None or refresh:
+            self._card = ModelCard.from_dict(await self.classifier.model_card.remote())
+        return self._card
+
+    def check(self, upload: Upload) -> PredictionRequest:
+        try:
+            return check_request(upload.fields, upload.data, self.settings.max_pixels, upload.filename)
+        except InvalidRequest as exc:
+            self.reject(exc.errors[0])
+            raise
+
+    def reject(self, error: InputError) -> None:
+        self.metrics.rejected.inc(tags={"reason": error.code})
+
+    def _out_of_scope(self, verdict: ScopeVerdict) -> InvalidRequest:
+        self.metrics.out_of_scope.inc(tags={"reason": verdict.reason})
+        error = InputError(422, "out_of_scope", verdict.message, "image",
+                           {"reason": verdict.reason, "measures": verdict.measures or {}})
+        self.reject(error)
+        return InvalidRequest([error])
+
+    async def _levels(self, request: PredictionRequest, refresh: bool = False):
+        return model_levels(request.original, (await self.card(refresh)).preprocess_spec)
+
+    async def predict(self, request: PredictionRequest, started: float | None = None) -> Prediction:
+        """Classify one checked request; ``InvalidRequest`` (422 out_of_scope) when it is no chest radiograph."""
+        started = time.perf_counter() if started is None else started
+        card = await self.card()
+        gray = await self._levels(request)
+        verdict = check_image(request.original, gray, ImageLimits.from_dict((card.scope or {}).get("image_limits")))
+        decoded = time.perf_counter()
+        self.metrics.stage_seconds.observe(decoded - started, tags={"stage": "decode"})
+        if not verdict.in_scope:  # refused before the model runs
+            raise self._out_of_scope(verdict)
+        try:
+            try:
+                output = await self.classifier.predict.remote(gray)
+            except InputSizeMismatch:  # a model roll changed the input size: once more at the new size
+                gray = await self._levels(request, refresh=True)
+                output = await self.classifier.predict.remote(gray)
+        except InputSizeMismatch as exc:
+            raise Unavailable(503, "model_changing", "the model is being replaced; retry in a moment",
+                              self.settings.retry_after_model_changing_s) from exc
+        except OutOfScope as exc:  # refused by the checkpoint's feature gate
+            raise self._out_of_scope(exc.verdict) from None
+        inferred = time.perf_counter()
+        self.metrics.stage_seconds.observe(inferred - decoded, tags={"stage": "inference"})
+        prediction = Prediction(request, output, {"decode": round((decoded - started) * 1000, 2),
+                                                  "inference": round((inferred - decoded) * 1000, 2)})
+        self.metrics.predictions.inc(tags={"label": prediction.top_label, "model_version": output.model.version})
+        if request.explain:
+            try:
+                explanation = await self.classifier.explain.remote(gray)
+                prediction.heatmap, prediction.gradcam_label = explanation.heatmap, explanation.label
+            except InputSizeMismatch:  # a roll landed between the two calls: the prediction stands alone
+                pass
+        return prediction
+
+    async def predict_within_deadline(self, request: PredictionRequest, started: float) -> Prediction:
+        """``predict`` bounded by the request timeout, retried when a replica dies under it."""
+        deadline = started + self.settings.request_timeout_s
+        try:
+            return await within_deadline(lambda: self.predict(request, started), deadline, self.settings.retry_pause_s,
+                                         lambda: self.metrics.retries.inc(tags={"reason": "replica_gone"}))
+        except BackPressureError as exc:
+            self.metrics.unavailable.inc(tags={"reason": "classifier_queue_full"})
+            raise Unavailable(503, "overloaded", "the service is at capacity; retry shortly",
+                              self.settings.retry_after_overloaded_s) from exc
+        except (asyncio.TimeoutError, *REPLICA_GONE) as exc:
+            self.metrics.unavailable.inc(tags={"reason": "timeout"})
+            raise Unavailable(504, "timeout", f"no prediction within {self.settings.request_timeout_s:g} s; "
+                              "retry shortly", self.settings.retry_after_timeout_s) from exc
+
+    async def save(self, prediction: Prediction, actor: Identity) -> SaveResult:
+        started = time.perf_counter()
+        saved = await self.store.save.remote(prediction.record(actor.name), stored_images(prediction), actor)
+        self.metrics.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
+        return saved

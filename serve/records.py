@@ -1,0 +1,150 @@
+"""Prediction records and their images in MongoDB, through pymongo only.
+
+Images go to GridFS first, then the record that points at them, so no record ever names a
+missing file. ``request_id`` is unique: a repeated or concurrent save of the same request
+returns the one stored record, and the loser of a race removes the files it uploaded. Writes
+use write concern ``majority``. When the database cannot be reached, ``save`` says so
+(``SaveResult.saved`` False with a reason); it never claims a save that did not happen. Files
+that an interrupted save leaves behind are ``serve.orphans``' job.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import gridfs
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError, WriteError
+
+PREDICTIONS = "predictions"
+IMAGES = "images"  # the GridFS bucket: images.files and images.chunks
+IMAGE_KINDS = ("original", "annotated", "gradcam")
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    saved: bool
+    prediction_id: str | None = None
+    duplicate: bool = False  # the request id was stored before: this is that record
+    reason: str | None = None  # why it was not saved
+
+
+PREDICTION_SCHEMA = {
+    "bsonType": "object",
+    "required": ["_id", "request_id", "patient_id", "created_at", "probabilities", "top_label",
+                 "confidence", "model", "files"],
+    "properties": {
+        "_id": {"bsonType": "string"},
+        "request_id": {"bsonType": "string"},
+        "patient_id": {"bsonType": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "created_at": {"bsonType": "date"},
+        "probabilities": {"bsonType": "object"},
+        "top_label": {"bsonType": "string"},
+        "confidence": {"bsonType": "double", "minimum": 0, "maximum": 1},
+        "positives": {"bsonType": "array"},
+        "low_confidence": {"bsonType": "bool"},
+        # Traceability: which weights, preprocessing, thresholds and calibration produced this record.
+        "model": {"bsonType": "object", "required": ["name", "version", "weights_sha256", "preprocessing_version",
+                                                     "thresholds", "calibration_temperature", "code_version"]},
+        "files": {"bsonType": "object", "required": ["original", "annotated"]},
+    },
+}
+
+
+class PredictionRecords:
+    """The predictions collection and its images in GridFS."""
+
+    def __init__(self, uri: str, database: str, timeout_ms: int = 3000):
+        self.client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                                  socketTimeoutMS=max(timeout_ms * 3, 10000), tz_aware=True)
+        self.db = self.client.get_database(database, write_concern=WriteConcern(w="majority"))
+        self.files = gridfs.GridFS(self.db, collection=IMAGES)
+        self._schema_ready = False
+
+    def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        try:
+            self.db.create_collection(PREDICTIONS, validator={"$jsonSchema": PREDICTION_SCHEMA})
+        except CollectionInvalid:
+            self.db.command("collMod", PREDICTIONS, validator={"$jsonSchema": PREDICTION_SCHEMA})
+        collection = self.db[PREDICTIONS]
+        collection.create_index([("request_id", ASCENDING)], unique=True, name="request_id_unique")
+        collection.create_index([("patient_id", ASCENDING), ("created_at", DESCENDING)], name="patient_recent")
+        self.db["images.files"].create_index([("uploadDate", ASCENDING)], name="upload_date")
+        self._schema_ready = True
+
+    def ping(self) -> bool:
+        try:
+            self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+    def _existing(self, request_id: str) -> dict | None:
+        return self.db[PREDICTIONS].find_one({"request_id": request_id})
+
+    def save(self, record: dict, images: dict[str, bytes]) -> SaveResult:
+        """Store images then the record; never claims a save that did not happen."""
+        uploaded = []
+        try:
+            self.ensure_schema()
+            existing = self._existing(record["request_id"])
+            if existing is not None:
+                return SaveResult(True, existing["_id"], duplicate=True)
+            prediction_id = uuid.uuid4().hex
+            files = {}
+            for kind, data in images.items():
+                # The id is ours before the write starts: a put that fails after some chunks are
+                # written (say, its file document is refused) is discarded whole, chunks included.
+                file_id = ObjectId()
+                uploaded.append(file_id)
+                self.files.put(data, _id=file_id, filename=f"{prediction_id}-{kind}.png", content_type="image/png",
+                               metadata={"prediction_id": prediction_id, "kind": kind,
+                                         "request_id": record["request_id"]})
+                files[kind] = file_id
+            document = {**record, "_id": prediction_id, "files": files}
+            try:
+                self.db[PREDICTIONS].insert_one(document)
+            except DuplicateKeyError:
+                # A concurrent save of the same request won; keep its record, drop our files.
+                self._discard(uploaded)
+                existing = self._existing(record["request_id"])
+                return SaveResult(True, existing["_id"], duplicate=True)
+            return SaveResult(True, prediction_id)
+        except WriteError as exc:
+            self._discard(uploaded)
+            return SaveResult(False, reason=f"record rejected by the database schema (code {exc.code})")
+        except PyMongoError as exc:
+            self._discard(uploaded)
+            return SaveResult(False, reason=f"database unavailable ({exc.__class__.__name__})")
+
+    def _discard(self, file_ids) -> None:
+        for file_id in file_ids:
+            try:
+                self.files.delete(file_id)
+            except PyMongoError:
+                pass  # left for the orphan sweep: files whose prediction_id has no record
+
+    def get(self, prediction_id: str) -> dict | None:
+        return self.db[PREDICTIONS].find_one({"_id": prediction_id})
+
+    def image(self, prediction_id: str, kind: str, record: dict | None = None) -> bytes | None:
+        record = record or self.get(prediction_id)
+        if record is None or kind not in record["files"]:
+            return None
+        return self.files.get(record["files"][kind]).read()
+
+    def by_patient(self, patient_id: str, page: int = 1, page_size: int = 20) -> tuple[list[dict], int]:
+        query = {"patient_id": patient_id}
+        total = self.db[PREDICTIONS].count_documents(query)
+        cursor = (self.db[PREDICTIONS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                  .skip((page - 1) * page_size).limit(page_size))
+        return list(cursor), total
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)

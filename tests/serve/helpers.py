@@ -1,0 +1,107 @@
+"""Helpers shared by the serve tests: images to upload, page posts, stored-record checks."""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+from email.parser import BytesParser
+from urllib.parse import parse_qs, unquote
+
+import httpx
+import numpy as np
+import pydicom
+
+from serve.records import now
+from tests.helpers import png_bytes
+from training.synthetic import render_chest
+
+COVID4 = ["COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia"]
+HX = {"HX-Request": "true"}
+NOTICE = "Decision support only - not for diagnostic use"
+MODEL = {"name": "m", "version": "1", "weights_sha256": "ab" * 32, "preprocessing_version": "cxr-pre-1",
+         "thresholds": [], "calibration_temperature": 1.3, "code_version": "0.1.0"}
+
+
+def chest_png(seed: int = 0, label: str = "Normal") -> bytes:
+    pixels = (render_chest(label, np.random.default_rng(seed)) * 255).astype(np.uint8)
+    return png_bytes(pixels)
+
+
+def stored_counts(db) -> tuple[int, int]:
+    return db["predictions"].count_documents({}), db["images.files"].count_documents({})
+
+
+def stored_record(**overrides) -> dict:
+    """A record as the service stores it (without its files)."""
+    base = {"request_id": f"req-{uuid.uuid4().hex}", "patient_id": "ST-0001", "created_at": now(),
+            "probabilities": {"Normal": 0.8, "COVID-19": 0.2}, "top_label": "Normal", "confidence": 0.8,
+            "positives": ["Normal"], "model": MODEL}
+    return {**base, **overrides}
+
+
+def csrf_token(service) -> str:
+    """What a browser has after loading any page: the cookie (kept by the client) and the field."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', service.http.get("/").text).group(1)
+
+
+def save_held(service, request_id: str, **kwargs):
+    return service.http.post("/predictions/save", data={"request_id": request_id, "csrf_token": csrf_token(service)},
+                             **kwargs)
+
+
+def post_prediction(service, image: bytes | None, htmx: bool = False, filename: str = "cxr.png", **fields):
+    """The new-prediction page's form post, as a browser sends it."""
+    data = {"patient_id": "P-PAGE-1", "request_id": uuid.uuid4().hex, "csrf_token": csrf_token(service), **fields}
+    empty = {"image": ("", b"", "application/octet-stream")}
+    files = {"image": (filename, image, "image/png")} if image is not None else empty
+    return service.http.post("/predictions", data=data, files=files, headers=HX if htmx else {},
+                             follow_redirects=False)
+
+
+def is_full_page(html: str) -> bool:
+    return html.lstrip().lower().startswith("<!doctype html>") and NOTICE in html
+
+
+# Every patient ID the suite sends to the service, whatever became of the request (refused, not
+# saved, saved, searched): the log scan looks for each of them.
+SENT_PATIENT_IDS: set[str] = set()
+_PATIENT_PATH = re.compile(r"/patients/([^/?]+)/predictions")
+
+
+def _form_parts(content_type: str, body: bytes):
+    message = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    return message.get_payload() if message.is_multipart() else []
+
+
+def record_sent_patient_ids(request: httpx.Request) -> None:
+    """httpx request hook: note the patient IDs a request carries (form field, DICOM header, URL)."""
+    found = set(parse_qs(request.url.query.decode()).get("patient_id", []))
+    found |= {unquote(m) for m in _PATIENT_PATH.findall(request.url.path)}
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        for part in _form_parts(content_type, request.read()):
+            name, payload = part.get_param("name", header="content-disposition"), part.get_payload(decode=True)
+            if name == "patient_id":
+                found.add(payload.decode(errors="replace"))
+            elif name == "image" and payload and payload[128:132] == b"DICM":
+                try:
+                    found.add(str(pydicom.dcmread(io.BytesIO(payload), stop_before_pixels=True).PatientID))
+                except Exception:  # a deliberately broken file: its ID, if any, is not readable by anyone
+                    pass
+    elif content_type.startswith("application/x-www-form-urlencoded"):
+        found |= set(parse_qs(request.read().decode(errors="replace")).get("patient_id", []))
+    SENT_PATIENT_IDS.update(p.strip() for p in found if p.strip())
+
+
+def client(base_url: str, **kwargs) -> httpx.Client:
+    """An HTTP client of the suite's: every patient ID it sends is noted for the log scan."""
+    return httpx.Client(base_url=base_url, event_hooks={"request": [record_sent_patient_ids]}, **kwargs)
+
+
+def metric_total(metrics_url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus series over every replica, for the samples carrying these labels."""
+    text = httpx.get(metrics_url, timeout=10).text
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(w in line for w in wanted))
