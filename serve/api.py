@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from serve.authentication import identity_of
 from serve.errors import InputError, NotFound, ServiceError, error_response
 from serve.images import image_response
-from serve.inputs import validate_patient_id
+from serve.inputs import validate_page, validate_patient_id
 from serve.prediction import public_record
 from serve.predictions import PredictionService
 from serve.records import IMAGE_KINDS
@@ -25,19 +25,7 @@ from serve.routes import RouteOwner, route
 from serve.uploads import read_upload
 
 OPENAPI = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
-MAX_PAGE_SIZE = 100
 READY_CHECKS = ("model", "database")
-
-
-def page_params(request: Request) -> tuple[int, int]:
-    try:
-        page = int(request.query_params.get("page", "1"))
-        page_size = int(request.query_params.get("page_size", "20"))
-    except ValueError:
-        page = page_size = 0
-    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise InputError(400, "bad_page", f"page >= 1 and 1 <= page_size <= {MAX_PAGE_SIZE}", "page")
-    return page, page_size
 
 
 class Api(RouteOwner):
@@ -87,7 +75,7 @@ class Api(RouteOwner):
     @route("/api/v1/patients/{patient_id}/predictions")
     async def patient_predictions(self, request: Request) -> Response:
         patient_id = validate_patient_id(request.path_params["patient_id"])
-        page, page_size = page_params(request)
+        page, page_size = validate_page(request.query_params.get("page"), request.query_params.get("page_size"))
         records, total = await self.store.by_patient.remote(patient_id, page, page_size, identity_of(request))
         return JSONResponse({"patient_id": patient_id, "page": page, "page_size": page_size, "total": total,
                              "items": [public_record(r) for r in records]})

@@ -47,6 +47,22 @@ def validate_request_id(value) -> str | None:
     return value
 
 
+MAX_PAGE = 100_000  # far past any patient's history, and the skip it implies fits the database's integers
+MAX_PAGE_SIZE = 100
+
+
+def validate_page(page: str | None, page_size: str | None = None, default_size: int = 20) -> tuple[int, int]:
+    """Listing page parameters: 1 <= page <= MAX_PAGE, 1 <= page_size <= MAX_PAGE_SIZE."""
+    try:
+        number, size = int(page or "1"), int(page_size or default_size)
+    except ValueError:
+        number = size = 0
+    if not 1 <= number <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
+        raise InputError(400, "bad_page", f"page is a whole number from 1 to {MAX_PAGE}, page_size from 1 to "
+                                          f"{MAX_PAGE_SIZE}", "page")
+    return number, size
+
+
 def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
     """Bytes -> a fully decoded image; 4xx ``InputError`` for anything unusable."""
     try:

@@ -21,7 +21,7 @@ from serve.authentication import Authenticator, identity_of
 from serve.errors import InputError, InvalidRequest, ServiceError, Unavailable
 from serve.held_uploads import HeldUploads
 from serve.images import THUMBNAIL_SIDE, annotated, display_copy, gradcam_overlay, image_response, jpeg
-from serve.inputs import validate_patient_id
+from serve.inputs import MAX_PAGE, validate_page, validate_patient_id
 from serve.prediction import Prediction, public_record
 from serve.predictions import PredictionService
 from serve.records import IMAGE_KINDS, SaveResult
@@ -30,6 +30,7 @@ from serve.uploads import Upload, read_small_form, read_upload
 from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, is_htmx, probability_rows
 
 PAGE_SIZE = 10
+PAGE_MESSAGE = f"The page number must be a whole number from 1 to {MAX_PAGE}."
 FORBIDDEN = "This form has expired or did not come from this site. Reload the page and try again."
 UNAVAILABLE = {"model_changing": "The model is being replaced. Try again in a moment.",
                "overloaded": "The service is busy right now. Try again in a few seconds.",
@@ -237,14 +238,12 @@ class Pages(RouteOwner):
         if raw:
             try:
                 patient_id = validate_patient_id(raw)
-                page = max(1, int(request.query_params.get("page", "1") or 1))
+                page, _ = validate_page(request.query_params.get("page"), default_size=PAGE_SIZE)
                 records, total = await self.store.by_patient.remote(patient_id, page, PAGE_SIZE, identity_of(request))
                 context.update(items=[public_record(r) for r in records], total=total, page=page,
                                pages=(total + PAGE_SIZE - 1) // PAGE_SIZE)
             except InputError as exc:
-                context["error"], status = str(exc), exc.status
-            except ValueError:
-                context["error"], status = "The page number must be a whole number.", 400
+                context["error"], status = (PAGE_MESSAGE if exc.code == "bad_page" else str(exc)), exc.status
             except Exception:
                 context["error"], status = "Patient records are unavailable: the database cannot be reached.", 503
         return await self._page(request, "patients.html", "_patient_results.html", status, **context)

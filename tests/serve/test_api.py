@@ -96,6 +96,16 @@ def test_unknown_ids_and_kinds(service):
     assert service.http.get("/api/v1/patients/$where/predictions").status_code == 400
 
 
+@pytest.mark.parametrize("page, page_size", [("0", "20"), ("-3", "20"), ("1", "101"), ("x", "20"),
+                                             (str(2**62), "100"), ("1" + "0" * 30, "20")])
+def test_page_parameters_out_of_range_are_a_400_not_a_database_error(service, page, page_size):
+    api = service.http.get("/api/v1/patients/PG-0001/predictions", params={"page": page, "page_size": page_size})
+    assert api.status_code == 400 and api.json()["error"]["code"] == "bad_page"
+    if page_size == "20":  # the page lists a fixed number per page and has no page_size
+        listing = service.http.get("/patients", params={"patient_id": "PG-0001", "page": page})
+        assert listing.status_code == 400 and "page number must be a whole number" in listing.text
+
+
 def test_model_card_health_and_readiness(service):
     card = service.http.get("/api/v1/model").json()
     assert card["labels"] == COVID4 and card["weights_sha256"]

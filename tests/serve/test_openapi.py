@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import jsonschema
 import pytest
 
 from tests.serve.helpers import chest_png
+
+FUZZ_CONFIG = Path(__file__).with_name("schemathesis.toml")
+FUZZ_EXAMPLES = 30  # per operation: a few dozen, as the contract check asks, in bounded time
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +59,19 @@ def test_schemas_reject_wrong_shapes(spec):
         check(spec, "Error", {"error": {"message": "no code"}})
     with pytest.raises(jsonschema.ValidationError):
         check(spec, "Prediction", {"saved": "yes"})
+
+
+@pytest.mark.parametrize("with_key", [True, False], ids=["with-key", "without-key"])
+def test_an_external_contract_fuzzer_finds_the_document_truthful(service, with_key, tmp_path):
+    """schemathesis, run as its users run it, against the live service: every check, a fixed seed,
+    a bounded number of examples per operation. Any 5xx, undocumented status, schema violation
+    or other check failure fails this test with schemathesis' own report."""
+    command = [str(Path(sys.executable).with_name("st")), "--config-file", str(FUZZ_CONFIG), "run",
+               f"{service.base_url}/api/v1/openapi.json",
+               "--checks", "all", "--seed", "20261129", "--max-examples", str(FUZZ_EXAMPLES),
+               "--generation-deterministic", "--workers", "1", "--request-timeout", "60", "--no-color",
+               "--report", "junit", "--report-dir", str(tmp_path)]
+    if with_key:
+        command += ["--header", f"Authorization: Bearer {service.api_key}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
