@@ -53,18 +53,27 @@ def is_loopback(host: str) -> bool:
 
 def snapshot(stats, users: int, seconds: float) -> dict:
     def entry(s) -> dict:
-        return {"requests": s.num_requests, "failures": s.num_failures,
-                "rps": s.num_requests / seconds if seconds else 0.0,
-                **{f"p{int(q * 100)}_ms": s.get_response_time_percentile(q) if s.num_requests else None
-                   for q in PERCENTILES}}
+        return {
+            "requests": s.num_requests,
+            "failures": s.num_failures,
+            "rps": s.num_requests / seconds if seconds else 0.0,
+            **{
+                f"p{int(q * 100)}_ms": s.get_response_time_percentile(q) if s.num_requests else None
+                for q in PERCENTILES
+            },
+        }
 
     total = entry(stats.total)
     total["error_rate"] = stats.total.num_failures / stats.total.num_requests if stats.total.num_requests else 0.0
     uploads = sum(s.num_requests for (name, _), s in stats.entries.items() if name.startswith("predict"))
-    return {"users": users, "seconds": seconds, "images_per_s": uploads / seconds if seconds else 0.0,
-            "total": total, "endpoints": {name: entry(s) for (name, _), s in sorted(stats.entries.items())},
-            "errors": [{"name": e.name, "error": str(e.error), "count": e.occurrences}
-                       for e in stats.errors.values()]}
+    return {
+        "users": users,
+        "seconds": seconds,
+        "images_per_s": uploads / seconds if seconds else 0.0,
+        "total": total,
+        "endpoints": {name: entry(s) for (name, _), s in sorted(stats.entries.items())},
+        "errors": [{"name": e.name, "error": str(e.error), "count": e.occurrences} for e in stats.errors.values()],
+    }
 
 
 def run_ramp(host: str, users: list[int], step_seconds: float, warmup_seconds: float) -> list[dict]:
@@ -79,9 +88,12 @@ def run_ramp(host: str, users: list[int], step_seconds: float, warmup_seconds: f
             started = time.monotonic()
             gevent.sleep(step_seconds)
             steps.append(snapshot(env.stats, count, time.monotonic() - started))
-            print(f"{count:4d} users: {steps[-1]['images_per_s']:6.2f} images/s  "
-                  f"p50 {steps[-1]['total']['p50_ms']} ms  p99 {steps[-1]['total']['p99_ms']} ms  "
-                  f"errors {steps[-1]['total']['error_rate']:.1%}", flush=True)
+            print(
+                f"{count:4d} users: {steps[-1]['images_per_s']:6.2f} images/s  "
+                f"p50 {steps[-1]['total']['p50_ms']} ms  p99 {steps[-1]['total']['p99_ms']} ms  "
+                f"errors {steps[-1]['total']['error_rate']:.1%}",
+                flush=True,
+            )
     finally:
         runner.quit()
     return steps
@@ -95,14 +107,25 @@ def write_report(steps: list[dict], out: Path, host: str) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps({"host": host, "steps": steps}, indent=2))
-    lines = [f"# Load ramp against {host}", "",
-             "| users | images/s | requests/s | p50 ms | p95 ms | p99 ms | error rate |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Load ramp against {host}",
+        "",
+        "| users | images/s | requests/s | p50 ms | p95 ms | p99 ms | error rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in steps:
         t = s["total"]
-        lines.append(f"| {s['users']} | {s['images_per_s']:.2f} | {t['rps']:.2f} | {t['p50_ms']} | {t['p95_ms']} | "
-                     f"{t['p99_ms']} | {t['error_rate']:.2%} |")
-    lines += ["", "Per endpoint at the highest step:", "", "| endpoint | requests | p50 ms | p95 ms | p99 ms |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {s['users']} | {s['images_per_s']:.2f} | {t['rps']:.2f} | {t['p50_ms']} | {t['p95_ms']} | "
+            f"{t['p99_ms']} | {t['error_rate']:.2%} |"
+        )
+    lines += [
+        "",
+        "Per endpoint at the highest step:",
+        "",
+        "| endpoint | requests | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
     for name, e in steps[-1]["endpoints"].items():
         lines.append(f"| {name} | {e['requests']} | {e['p50_ms']} | {e['p95_ms']} | {e['p99_ms']} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")

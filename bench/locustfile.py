@@ -64,8 +64,9 @@ class ReadingWorkstation(HttpUser):
         if save:
             fields["save"] = "1"
         files = {"image": (f"{patient}.png", random.choice(RADIOGRAPHS), "image/png")}
-        with self.client.post("/api/v1/predictions", data=fields, files=files, name=name,
-                              catch_response=True) as response:
+        with self.client.post(
+            "/api/v1/predictions", data=fields, files=files, name=name, catch_response=True
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 return None
@@ -86,8 +87,9 @@ class ReadingWorkstation(HttpUser):
 
     @task(2)
     def search_patient(self) -> None:
-        self.client.get(f"/api/v1/patients/{random.choice(PATIENTS)}/predictions", params={"page_size": "10"},
-                        name="search")
+        self.client.get(
+            f"/api/v1/patients/{random.choice(PATIENTS)}/predictions", params={"page_size": "10"}, name="search"
+        )
 
     @task(2)
     def review_study(self) -> None:
@@ -95,5 +97,4 @@ class ReadingWorkstation(HttpUser):
             return
         prediction_id = random.choice(self.saved)
         self.client.get(f"/api/v1/predictions/{prediction_id}", name="review")
-        self.client.get(f"/api/v1/predictions/{prediction_id}/image", params={"kind": "annotated"},
-                        name="review image")
+        self.client.get(f"/api/v1/predictions/{prediction_id}/image", params={"kind": "annotated"}, name="review image")

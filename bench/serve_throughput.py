@@ -44,10 +44,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--max-batch-size", type=int, help="override serve_config.yaml's user_config")
     parser.add_argument("--batch-wait-timeout-s", type=float, help="override serve_config.yaml's user_config")
-    parser.add_argument("--replicas", type=int, default=os.cpu_count() or 1,
-                        help="BatchedClassifier replicas, sharing the cores equally (default: one per core)")
-    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="environment for the Ray cluster, e.g. RAY_SERVE_ENABLE_DIRECT_INGRESS=1")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="BatchedClassifier replicas, sharing the cores equally (default: one per core)",
+    )
+    parser.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the Ray cluster, e.g. RAY_SERVE_ENABLE_DIRECT_INGRESS=1",
+    )
     return parser
 
 
@@ -65,8 +74,14 @@ def make_checkpoint(backbone: str, size: int, directory: Path) -> Path:
     from cxr_model.preprocessing import PreprocessSpec
 
     torch.manual_seed(0)
-    card = ModelCard(name=f"bench-{backbone}", version="bench", backbone=backbone, task="multiclass",
-                     labels=list(COVID4), preprocessing=PreprocessSpec(input_size=size).to_dict())
+    card = ModelCard(
+        name=f"bench-{backbone}",
+        version="bench",
+        backbone=backbone,
+        task="multiclass",
+        labels=list(COVID4),
+        preprocessing=PreprocessSpec(input_size=size).to_dict(),
+    )
     save_checkpoint(build_model(backbone, 4, "none"), card, directory)
     export_onnx(directory)
     return directory
@@ -80,7 +95,7 @@ def sample_pngs(count: int = 16) -> list[bytes]:
     rng = np.random.default_rng(0)
     images = []
     for i in range(count):
-        pixels = (render_chest(["COVID-19", "Normal", "Lung Opacity", "Viral Pneumonia"][i % 4], rng) * 255)
+        pixels = render_chest(["COVID-19", "Normal", "Lung Opacity", "Viral Pneumonia"][i % 4], rng) * 255
         buffer = io.BytesIO()
         Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
         images.append(buffer.getvalue())
@@ -94,8 +109,11 @@ def _ceiling_worker(checkpoint: str, runtime: str, threads: int, batch: int, sec
 
     card = read_card(checkpoint)
     torch.set_num_threads(threads)
-    engine = (OnnxClassifier(checkpoint, card, threads=threads) if runtime == "onnxruntime"
-              else load_checkpoint(checkpoint, device="cpu", channels_last=True))
+    engine = (
+        OnnxClassifier(checkpoint, card, threads=threads)
+        if runtime == "onnxruntime"
+        else load_checkpoint(checkpoint, device="cpu", channels_last=True)
+    )
     size = card.preprocess_spec.input_size
     x = torch.randn(batch, 3, size, size)
     engine.predict_batch(x)
@@ -120,9 +138,12 @@ def model_ceiling(checkpoint: Path, seconds: float) -> tuple[float, str]:
         for processes, threads in ((1, cores), (cores, 1)):
             for batch in (1, 8):
                 queue = context.Queue()
-                workers = [context.Process(target=_ceiling_worker,
-                                           args=(str(checkpoint), runtime, threads, batch, seconds / 2, queue))
-                           for _ in range(processes)]
+                workers = [
+                    context.Process(
+                        target=_ceiling_worker, args=(str(checkpoint), runtime, threads, batch, seconds / 2, queue)
+                    )
+                    for _ in range(processes)
+                ]
                 for worker in workers:
                     worker.start()
                 rate = sum(queue.get() for _ in workers)
@@ -136,10 +157,15 @@ def model_ceiling(checkpoint: Path, seconds: float) -> tuple[float, str]:
 
 def multipart_body(fields: dict, image: bytes) -> tuple[bytes, str]:
     boundary = "cxrbench7d1f0c"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="cxr.png"\r\n'
-                 f"Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="cxr.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + image
+        + b"\r\n"
+    )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -157,8 +183,10 @@ class LeanClient:
 
     def request(self, fields: dict, image: bytes) -> bytes:
         body, content_type = multipart_body(fields, image)
-        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         return head.encode() + body
 
     async def send(self, raw: bytes) -> int:
@@ -210,8 +238,19 @@ async def _load(url: str, images: list[bytes], concurrency: int, seconds: float,
     await asyncio.gather(*(client(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - started
     ordered = sorted(latencies) or [float("nan")]
-    return {"rate": len(latencies) / elapsed, "p50": statistics.median(ordered) * 1000,
-            "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, "errors": errors}
+    return {
+        "rate": len(latencies) / elapsed,
+        "p50": statistics.median(ordered) * 1000,
+        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
+        "errors": errors,
+    }
+
+
+def format_row(clients: int, r: dict) -> str:
+    return (
+        f"  {clients:3d} clients: {r['rate']:6.2f} img/s  p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  "
+        f"errors {r['errors']}"
+    )
 
 
 def load(url, images, concurrency, seconds, fields=None) -> dict:
@@ -315,7 +354,7 @@ def main(args) -> None:
         server.terminate()
         server.join()
         for c, r in baseline.items():
-            print(f"  {c:3d} clients: {r['rate']:6.2f} img/s  p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  errors {r['errors']}")
+            print(format_row(c, r))
 
         print("\n[3] served (Ray Serve app from serve_config.yaml)")
         mongo = MongoServer(Path(tmp) / "db")
@@ -324,8 +363,13 @@ def main(args) -> None:
             key, _, value = item.partition("=")
             os.environ[key] = value
             print(f"  with {key}={value}")
-        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=(os.cpu_count() or 1) + 1,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
         port = free_port()
         deploy_served(checkpoint, port, args, mongo.uri)
         url = f"http://127.0.0.1:{port}/api/v1/predictions"
@@ -334,9 +378,11 @@ def main(args) -> None:
         top = max(levels)
         stored = load(url, images, top, args.seconds, {**fields, "save": "1"})
         for c, r in served.items():
-            print(f"  {c:3d} clients: {r['rate']:6.2f} img/s  p50 {r['p50']:7.0f} ms  p99 {r['p99']:7.0f} ms  errors {r['errors']}")
-        print(f"  {top:3d} clients, storage on: {stored['rate']:6.2f} img/s  p50 {stored['p50']:7.0f} ms  "
-              f"p99 {stored['p99']:7.0f} ms  errors {stored['errors']}")
+            print(format_row(c, r))
+        print(
+            f"  {top:3d} clients, storage on: {stored['rate']:6.2f} img/s  p50 {stored['p50']:7.0f} ms  "
+            f"p99 {stored['p99']:7.0f} ms  errors {stored['errors']}"
+        )
         serve.shutdown()
         ray.shutdown()
         mongo.stop()

@@ -91,7 +91,10 @@ def infer_rate(model, device, batch: int, size: int, channels_last: bool, second
 def main(args) -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    print(f"{args.backbone} at {args.image_size}px on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(
+        f"{args.backbone} at {args.image_size}px on {device} ({torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}"
+    )
     model = build_model(args.backbone, 4, "none").to(device)
     s1 = train_rate(model, device, "stage1", args.train_batch, args.image_size, args.train_steps)
     s2 = train_rate(model, device, "stage2", args.train_batch, args.image_size, args.train_steps)
@@ -101,10 +104,12 @@ def main(args) -> None:
     print(f"  stage1 / stage2             {s1 / s2:8.2f}x")
     print("\ninference (model only)   contiguous  channels_last   ratio")
     for batch in (int(b) for b in args.infer_batches.split(",")):
-        plain = infer_rate(build_model(args.backbone, 4, "none").to(device), device, batch, args.image_size,
-                           False, args.seconds)
-        fast = infer_rate(build_model(args.backbone, 4, "none").to(device), device, batch, args.image_size,
-                          True, args.seconds)
+        plain = infer_rate(
+            build_model(args.backbone, 4, "none").to(device), device, batch, args.image_size, False, args.seconds
+        )
+        fast = infer_rate(
+            build_model(args.backbone, 4, "none").to(device), device, batch, args.image_size, True, args.seconds
+        )
         print(f"  batch {batch:3d}              {plain:9.2f}   {fast:12.2f}   {fast / plain:5.2f}x")
 
 

@@ -10,8 +10,21 @@ from cxr_model.network import CXRNet, build_model
 from cxr_model.preprocessing import PREPROCESSING_VERSION, ImageDecodeError, PreprocessSpec, preprocess
 
 __all__ = [
-    "COVID4", "MULTICLASS", "MULTILABEL", "NIH14", "PREPROCESSING_VERSION",
-    "CXRNet", "Classifier", "ImageDecodeError", "LabelSet", "ModelCard", "PreprocessSpec",
-    "build_model", "load_checkpoint", "normalize_class_name", "preprocess", "resolve_device",
+    "COVID4",
+    "MULTICLASS",
+    "MULTILABEL",
+    "NIH14",
+    "PREPROCESSING_VERSION",
+    "CXRNet",
+    "Classifier",
+    "ImageDecodeError",
+    "LabelSet",
+    "ModelCard",
+    "PreprocessSpec",
+    "build_model",
+    "load_checkpoint",
+    "normalize_class_name",
+    "preprocess",
+    "resolve_device",
     "save_checkpoint",
 ]

@@ -85,12 +85,20 @@ def code_version() -> str:
         version = "0+unknown"
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return f"{version}+g{commit}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
@@ -139,4 +147,3 @@ def load_network(directory: str | Path, verify: bool = True) -> tuple[CXRNet, Mo
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     return model, card
-

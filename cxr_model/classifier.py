@@ -61,8 +61,15 @@ class Classifier:
     on CPU it runs fp32, channels_last when asked (faster for DenseNet on x86).
     """
 
-    def __init__(self, model: CXRNet, card: ModelCard, device: str = "auto",
-                 channels_last: bool | None = None, bf16: bool | None = None, compile: bool = False):
+    def __init__(
+        self,
+        model: CXRNet,
+        card: ModelCard,
+        device: str = "auto",
+        channels_last: bool | None = None,
+        bf16: bool | None = None,
+        compile: bool = False,
+    ):
         self.device = resolve_device(device)
         self.card = card
         self.labels = list(card.labels)
@@ -111,8 +118,9 @@ class Classifier:
 
     def predict_batch(self, tensors) -> np.ndarray:
         """[N, 3, S, S] preprocessed inputs (or a list of [3, S, S]) -> [N, labels] probabilities."""
-        return probabilities_from_logits(self.predict_logits(tensors), self.task,
-                                         self.card.calibration_temperature).numpy()
+        return probabilities_from_logits(
+            self.predict_logits(tensors), self.task, self.card.calibration_temperature
+        ).numpy()
 
     def positives(self, probabilities: np.ndarray) -> list[list[str]]:
         return positive_labels(probabilities, self.card)

@@ -17,8 +17,12 @@ from importlib import metadata
 def register_model_card(subparsers) -> None:
     parser = subparsers.add_parser("model-card", help="a checkpoint's model card as MODEL_CARD.md (or JSON)")
     parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.add_argument("--format", choices=["markdown", "json"], default="markdown",
-                        help="MODEL_CARD.md text or the card's JSON (default: %(default)s)")
+    parser.add_argument(
+        "--format",
+        choices=["markdown", "json"],
+        default="markdown",
+        help="MODEL_CARD.md text or the card's JSON (default: %(default)s)",
+    )
     parser.add_argument("--out", help="write here, e.g. CHECKPOINT/MODEL_CARD.md (default: print to stdout)")
     parser.set_defaults(func=_model_card)
 
@@ -47,8 +51,10 @@ def _export(args) -> int:
     from cxr_model.onnx_runtime import export_onnx
 
     record = export_onnx(args.checkpoint)
-    print(f"wrote {args.checkpoint}/model.onnx (max |p_onnx - p_torch| = "
-          f"{record['max_abs_probability_diff']:.1e}, tolerance {record['tolerance']:.0e})")
+    print(
+        f"wrote {args.checkpoint}/model.onnx (max |p_onnx - p_torch| = "
+        f"{record['max_abs_probability_diff']:.1e}, tolerance {record['tolerance']:.0e})"
+    )
     return 0
 
 

@@ -43,7 +43,7 @@ class DicomHeader:
 
 
 def is_dicom(data: bytes) -> bool:
-    return data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
 
 
 def zero_preamble(data: bytes) -> bytes:
@@ -107,8 +107,9 @@ def _read_header(data: bytes, max_pixels: int) -> DicomHeader:
     if rows < 1 or columns < 1:
         raise DicomError("dicom_no_pixels", "the DICOM image has no pixels")
     if rows * columns * frames > max_pixels:
-        raise DicomError("too_many_pixels",
-                         f"{columns}x{rows}x{frames} frames exceeds the limit of {max_pixels} pixels")
+        raise DicomError(
+            "too_many_pixels", f"{columns}x{rows}x{frames} frames exceeds the limit of {max_pixels} pixels"
+        )
     modality = str(ds.get("Modality", "") or "").upper() or None
     if modality not in MODALITIES:
         raise DicomError("dicom_modality", f"modality {modality or 'unknown'} is not a radiograph (CR or DX)")
@@ -116,15 +117,18 @@ def _read_header(data: bytes, max_pixels: int) -> DicomHeader:
     if body_part is not None and body_part not in CHEST_PARTS:
         raise DicomError("dicom_not_chest", f"the header says body part {body_part}, not the chest")
     if not _decodable(syntax):
-        raise DicomError("dicom_unsupported_syntax",
-                         f"transfer syntax {syntax.name} ({syntax}) has no decoder installed here")
+        raise DicomError(
+            "dicom_unsupported_syntax", f"transfer syntax {syntax.name} ({syntax}) has no decoder installed here"
+        )
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError("dicom_not_greyscale",
-                         f"photometric interpretation {photometric or 'unknown'} is not greyscale")
+        raise DicomError(
+            "dicom_not_greyscale", f"photometric interpretation {photometric or 'unknown'} is not greyscale"
+        )
     patient_id = str(ds.get("PatientID", "") or "").strip() or None
-    return DicomHeader(patient_id, modality, body_part, rows, columns, frames,
-                       int(ds.get("BitsStored", 16)), photometric, str(syntax))
+    return DicomHeader(
+        patient_id, modality, body_part, rows, columns, frames, int(ds.get("BitsStored", 16)), photometric, str(syntax)
+    )
 
 
 def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, DicomHeader]:

@@ -51,7 +51,7 @@ def trailing_bytes(data: bytes) -> int:
 def _png_end(data: bytes) -> int | None:
     pos = len(_PNG_MAGIC)
     while pos + 8 <= len(data):
-        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
         pos += 12 + length  # length, type, data, CRC
         if kind == b"IEND":
             return pos
@@ -72,7 +72,7 @@ def _jpeg_end(data: bytes) -> int | None:
         elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone: RSTn, TEM
             pos += 2
         else:  # a segment with a length; APPn metadata (an EXIF thumbnail's own EOI) is skipped whole
-            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
             if marker == 0xDA:  # a scan: entropy-coded data runs to the next real marker
                 in_scan = _JPEG_MARKER_IN_SCAN.search(data, pos)
                 pos = len(data) if in_scan is None else in_scan.start()

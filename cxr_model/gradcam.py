@@ -21,8 +21,9 @@ from cxr_model.network import CXRNet
 from cxr_model.preprocessing import display_image
 
 
-def gradcam(model: CXRNet, inputs: torch.Tensor, target: int | None = None,
-            layer: torch.nn.Module | None = None) -> tuple[np.ndarray, int]:
+def gradcam(
+    model: CXRNet, inputs: torch.Tensor, target: int | None = None, layer: torch.nn.Module | None = None
+) -> tuple[np.ndarray, int]:
     """Heatmap in [0, 1] at input resolution for one image [3, S, S] or [1, 3, S, S].
 
     ``target`` is the label index (default: the top-scoring label). Returns the

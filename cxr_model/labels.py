@@ -15,17 +15,32 @@ MULTILABEL = "multilabel"
 
 COVID4 = ("COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia")
 NIH14 = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
-    "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis",
-    "Pleural Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural Thickening",
+    "Hernia",
 )
 
 # Folder and column spellings seen in public releases (Kaggle, Roboflow exports,
 # NIH CSVs), keyed by the name with case and separators removed.
 _CANONICAL = {
-    "covid": "COVID-19", "covid19": "COVID-19", "covid2019": "COVID-19",
-    "lungopacity": "Lung Opacity", "opacity": "Lung Opacity",
-    "normal": "Normal", "nofinding": "No Finding",
+    "covid": "COVID-19",
+    "covid19": "COVID-19",
+    "covid2019": "COVID-19",
+    "lungopacity": "Lung Opacity",
+    "opacity": "Lung Opacity",
+    "normal": "Normal",
+    "nofinding": "No Finding",
     "viralpneumonia": "Viral Pneumonia",
     **{re.sub(r"[^a-z0-9]", "", name.lower()): name for name in NIH14},
     "pleuralthickening": "Pleural Thickening",

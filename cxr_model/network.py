@@ -16,10 +16,19 @@ import torchvision
 from torch import nn
 
 SUPPORTED_BACKBONES = (
-    "densenet161", "densenet121", "densenet169", "densenet201",
-    "resnet18", "resnet34", "resnet50", "resnet101",
-    "mobilenet_v2", "mobilenet_v3_large",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
+    "densenet161",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
     "convnext_tiny",
 )
 
@@ -85,9 +94,7 @@ def _load_local_weights(model: nn.Module, path: Path) -> None:
         state = state["state_dict"]
     state = {_DENSENET_KEY.sub(r"\1\2", key): value for key, value in state.items()}
     own_head = {k for k in state if k.startswith(("classifier.", "fc."))}
-    missing, unexpected = model.load_state_dict(
-        {k: v for k, v in state.items() if k not in own_head}, strict=False
-    )
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in own_head}, strict=False)
     # The ImageNet head is dropped on purpose; anything else missing is a wrong file.
     missing = [k for k in missing if not k.startswith(("classifier.", "fc."))]
     if missing or unexpected:

@@ -41,9 +41,16 @@ def export_onnx(checkpoint: str | Path, tolerance: float = TOLERANCE) -> dict:
     size = card.preprocess_spec.input_size
     batch = torch.export.Dim("batch", min=1, max=1024)
     path = directory / ONNX_FILE
-    torch.onnx.export(_LogitsAndFeatures(model).eval(), (torch.randn(2, 3, size, size),), str(path),
-                      input_names=["input"], output_names=OUTPUTS, dynamic_shapes=({0: batch},), dynamo=True,
-                      verbose=False)
+    torch.onnx.export(
+        _LogitsAndFeatures(model).eval(),
+        (torch.randn(2, 3, size, size),),
+        str(path),
+        input_names=["input"],
+        output_names=OUTPUTS,
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        verbose=False,
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = worst_features = 0.0
     generator = torch.Generator().manual_seed(0)
@@ -60,10 +67,17 @@ def export_onnx(checkpoint: str | Path, tolerance: float = TOLERANCE) -> dict:
         worst_features = max(worst_features, float(np.abs(got_features - features.numpy()).max()) / scale)
     if worst > tolerance or worst_features > tolerance:
         path.unlink()
-        raise RuntimeError(f"ONNX output differs from torch by {max(worst, worst_features):.2e} "
-                           f"(> {tolerance:.0e}); export removed")
-    record = {"weights_sha256": card.weights_sha256, "onnx_sha256": sha256_file(path), "outputs": OUTPUTS,
-              "max_abs_probability_diff": worst, "max_rel_feature_diff": worst_features, "tolerance": tolerance}
+        raise RuntimeError(
+            f"ONNX output differs from torch by {max(worst, worst_features):.2e} (> {tolerance:.0e}); export removed"
+        )
+    record = {
+        "weights_sha256": card.weights_sha256,
+        "onnx_sha256": sha256_file(path),
+        "outputs": OUTPUTS,
+        "max_abs_probability_diff": worst,
+        "max_rel_feature_diff": worst_features,
+        "tolerance": tolerance,
+    }
     (directory / ONNX_RECORD).write_text(json.dumps(record, indent=2))
     return record
 
@@ -74,8 +88,11 @@ def onnx_export_matches(checkpoint: str | Path, card: ModelCard) -> bool:
     if not (directory / ONNX_FILE).is_file() or not record_path.is_file():
         return False
     record = json.loads(record_path.read_text())
-    return (record.get("weights_sha256") == card.weights_sha256 and record.get("outputs") == OUTPUTS
-            and record.get("onnx_sha256") == sha256_file(directory / ONNX_FILE))
+    return (
+        record.get("weights_sha256") == card.weights_sha256
+        and record.get("outputs") == OUTPUTS
+        and record.get("onnx_sha256") == sha256_file(directory / ONNX_FILE)
+    )
 
 
 class OnnxClassifier:
@@ -93,8 +110,9 @@ class OnnxClassifier:
         options.inter_op_num_threads = 1
         # ORT's pool spin-waits by default, burning the cores the HTTP proxy and ingress share.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(Path(checkpoint) / ONNX_FILE), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(Path(checkpoint) / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
         self.card = card
         self.labels = list(card.labels)
         self.task = card.task

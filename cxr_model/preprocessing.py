@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from cxr_model.dicom import decode as decode_dicom
+
 # ImageDecodeError, sniff_format and trailing_bytes live in formats (which dicom imports too); they
 # stay importable from here, where serving and training have always found them.
 from cxr_model.formats import ImageDecodeError, sniff_format, trailing_bytes  # noqa: F401
@@ -76,9 +77,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ImageDecodeError("not_an_image", "the image has no pixels")
     if width * height > max_pixels:
-        raise ImageDecodeError(
-            "too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels"
-        )
+        raise ImageDecodeError("too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
     try:
         image.load()
     except Exception as exc:
@@ -142,4 +141,3 @@ def normalize(gray: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
 def preprocess(data: bytes, spec: PreprocessSpec) -> torch.Tensor:
     """Encoded bytes -> model input [3, S, S]. The path evaluation and serving use."""
     return normalize(decode_grayscale(data, spec), spec)
-

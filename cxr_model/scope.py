@@ -30,11 +30,11 @@ GATE_FILE = "scope_gate.npz"
 
 REASONS = {
     "colour_image": "This is a colour picture (a photograph or screenshot?), not a radiograph. "
-                    "Upload the chest X-ray image itself.",
+    "Upload the chest X-ray image itself.",
     "blank_image": "This image is blank or almost uniform: there is no anatomy to read.",
     "noise_image": "This image is mostly noise, with no anatomical structure.",
     "unlike_chest_radiographs": "This image does not look like the frontal chest radiographs the model was "
-                                "trained on (another body part, view or kind of picture?). No label is given.",
+    "trained on (another body part, view or kind of picture?). No label is given.",
 }
 
 
@@ -68,8 +68,12 @@ class ScopeVerdict:
         return REASONS.get(self.reason) if self.reason else None
 
     def to_dict(self) -> dict:
-        return {"in_scope": self.in_scope, "reason": self.reason, "message": self.message,
-                "measures": self.measures or {}}
+        return {
+            "in_scope": self.in_scope,
+            "reason": self.reason,
+            "message": self.message,
+            "measures": self.measures or {},
+        }
 
 
 def colourfulness(image: Image.Image) -> float:
@@ -118,25 +122,34 @@ class FeatureGate:
         return np.sqrt(np.clip(squared, 0.0, None))
 
     def verdicts(self, features: np.ndarray) -> list[ScopeVerdict]:
-        return [ScopeVerdict(bool(d <= self.threshold), None if d <= self.threshold else "unlike_chest_radiographs",
-                             {"feature_distance": float(d), "feature_threshold": self.threshold})
-                for d in self.distances(features)]
+        return [
+            ScopeVerdict(
+                bool(d <= self.threshold),
+                None if d <= self.threshold else "unlike_chest_radiographs",
+                {"feature_distance": float(d), "feature_threshold": self.threshold},
+            )
+            for d in self.distances(features)
+        ]
 
     def save(self, path: str | Path) -> None:
         # float32 on disk: DenseNet-161's 2208-wide precision matrix is 19 MB instead of 39.
         with open(path, "wb") as handle:
-            np.savez(handle, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
-                     threshold=np.float64(self.threshold))
+            np.savez(
+                handle,
+                mean=self.mean.astype(np.float32),
+                precision=self.precision.astype(np.float32),
+                threshold=np.float64(self.threshold),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureGate":
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["mean"].astype(np.float64), data["precision"].astype(np.float64),
-                       float(data["threshold"]))
+            return cls(data["mean"].astype(np.float64), data["precision"].astype(np.float64), float(data["threshold"]))
 
 
-def fit_feature_gate(train_features: np.ndarray, val_features: np.ndarray,
-                     false_rejection: float = 0.01) -> FeatureGate:
+def fit_feature_gate(
+    train_features: np.ndarray, val_features: np.ndarray, false_rejection: float = 0.01
+) -> FeatureGate:
     """Gaussian fitted on training features; threshold at the validation (1 - false_rejection) quantile."""
     from sklearn.covariance import LedoitWolf  # shrinkage: far fewer images than feature dimensions
 
@@ -144,8 +157,11 @@ def fit_feature_gate(train_features: np.ndarray, val_features: np.ndarray,
     estimate = LedoitWolf().fit(train)
     gate = FeatureGate(estimate.location_, estimate.precision_, float("inf"))
     # Round-trip through float32 first, so the threshold is set on the distances that will be served.
-    gate = FeatureGate(gate.mean.astype(np.float32).astype(np.float64),
-                       gate.precision.astype(np.float32).astype(np.float64), float("inf"))
+    gate = FeatureGate(
+        gate.mean.astype(np.float32).astype(np.float64),
+        gate.precision.astype(np.float32).astype(np.float64),
+        float("inf"),
+    )
     gate.threshold = float(np.quantile(gate.distances(val_features), 1.0 - false_rejection))
     return gate
 

@@ -43,8 +43,13 @@ def gpu(config: dict) -> dict:
     classifier = _deployment(config, "BatchedClassifier")
     classifier["ray_actor_options"] = {"num_cpus": 2, "num_gpus": 1}
     classifier["max_ongoing_requests"] = 128
-    classifier["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 48,
-                                        "upscale_delay_s": 15, "downscale_delay_s": 300}
+    classifier["autoscaling_config"] = {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 48,
+        "upscale_delay_s": 15,
+        "downscale_delay_s": 300,
+    }
     # A GPU forward pass of 32 images costs about what one costs: batch wide, wait briefly.
     classifier["user_config"] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.01}
     ingress = _deployment(config, "Ingress")
@@ -72,14 +77,15 @@ def render(variant) -> str:
 
 
 def rewrite(text: str, body: str) -> str:
-    pattern = re.compile(rf"^(?P<indent>[ \t]*){re.escape(BEGIN)}\n.*?^(?P=indent){re.escape(END)}\n",
-                         re.MULTILINE | re.DOTALL)
+    pattern = re.compile(
+        rf"^(?P<indent>[ \t]*){re.escape(BEGIN)}\n.*?^(?P=indent){re.escape(END)}\n", re.MULTILINE | re.DOTALL
+    )
     match = pattern.search(text)
     if match is None:
         raise ValueError("no generated block markers")
     indent = match.group("indent")
     block = "".join(f"{indent}{line}\n" if line else "\n" for line in [BEGIN, *body.splitlines(), END])
-    return text[:match.start()] + block + text[match.end():]
+    return text[: match.start()] + block + text[match.end() :]
 
 
 def main(argv=None) -> int:

@@ -77,8 +77,15 @@ class Api(RouteOwner):
         patient_id = validate_patient_id(request.path_params["patient_id"])
         page, page_size = validate_page(request.query_params.get("page"), request.query_params.get("page_size"))
         records, total = await self.store.by_patient.remote(patient_id, page, page_size, identity_of(request))
-        return JSONResponse({"patient_id": patient_id, "page": page, "page_size": page_size, "total": total,
-                             "items": [public_record(r) for r in records]})
+        return JSONResponse(
+            {
+                "patient_id": patient_id,
+                "page": page,
+                "page_size": page_size,
+                "total": total,
+                "items": [public_record(r) for r in records],
+            }
+        )
 
     @route("/api/v1/model")
     async def model(self, request: Request) -> Response:

@@ -21,6 +21,7 @@ from serve.identity import ROLES, Identity
 API_KEYS = "api_keys"
 TOKEN_PREFIX = "cxr"
 
+
 def _secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -43,14 +44,23 @@ class ApiKeys:
         if not name or len(name) > 100:
             raise ValueError("name must be 1-100 characters")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32).replace("_", "-")
-        self.collection.insert_one({"_id": key_id, "name": name, "role": role, "secret_sha256": _secret_hash(secret),
-                                    "rate_limit_per_minute": rate_limit_per_minute,
-                                    "created_at": datetime.now(timezone.utc), "revoked_at": None})
+        self.collection.insert_one(
+            {
+                "_id": key_id,
+                "name": name,
+                "role": role,
+                "secret_sha256": _secret_hash(secret),
+                "rate_limit_per_minute": rate_limit_per_minute,
+                "created_at": datetime.now(timezone.utc),
+                "revoked_at": None,
+            }
+        )
         return key_id, f"{TOKEN_PREFIX}_{key_id}_{secret}"
 
     def revoke(self, key_id: str) -> bool:
-        result = self.collection.update_one({"_id": str(key_id), "revoked_at": None},
-                                            {"$set": {"revoked_at": datetime.now(timezone.utc)}})
+        result = self.collection.update_one(
+            {"_id": str(key_id), "revoked_at": None}, {"$set": {"revoked_at": datetime.now(timezone.utc)}}
+        )
         return result.modified_count == 1
 
     def list(self) -> list[dict]:

@@ -6,7 +6,6 @@ annotation object to find AppArgs). Serve validates the YAML's ``args`` against 
 and passed down to every deployment.
 """
 
-
 import secrets
 from pathlib import Path
 
@@ -46,8 +45,9 @@ def resolve_checkpoint(value: str) -> str:
 def with_secrets(settings: ServeSettings) -> ServeSettings:
     """Draw the session and pseudonym keys once, here, when the environment gives none: every
     replica then shares them (they change on redeploy; production sets both from a Secret)."""
-    updates = {name: secrets.token_urlsafe(32) for name in ("session_secret", "pseudonym_key")
-               if not getattr(settings, name)}
+    updates = {
+        name: secrets.token_urlsafe(32) for name in ("session_secret", "pseudonym_key") if not getattr(settings, name)
+    }
     return settings.model_copy(update=updates) if updates else settings
 
 

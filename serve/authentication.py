@@ -111,15 +111,26 @@ class Authenticator:
         try:
             identity = await self.identify(request)
         except PyMongoError:
-            return refusal(request, Unavailable(503, "database_unavailable", "the database cannot be reached to "
-                                                "check your key; retry shortly", self.settings.retry_after_database_s))
+            return refusal(
+                request,
+                Unavailable(
+                    503,
+                    "database_unavailable",
+                    "the database cannot be reached to check your key; retry shortly",
+                    self.settings.retry_after_database_s,
+                ),
+            )
         if identity is None:
             return challenge(request)
         wait = self.limiter.take(identity.key_id or identity.name, identity.rate_limit_per_minute)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            return refusal(request, ServiceError(429, "rate_limited", f"too many requests for this key; retry in "
-                                                 f"{seconds} s", retry_after=seconds))
+            return refusal(
+                request,
+                ServiceError(
+                    429, "rate_limited", f"too many requests for this key; retry in {seconds} s", retry_after=seconds
+                ),
+            )
         request.state.identity = identity
         return None
 
@@ -127,8 +138,11 @@ class Authenticator:
 def challenge(request: Request) -> Response:
     """401 for the API (Bearer challenge); the login page for a browser."""
     if is_api(request.url.path):
-        return JSONResponse({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <API key>"}},
-                            401, headers={"WWW-Authenticate": 'Bearer realm="cxr"'})
+        return JSONResponse(
+            {"error": {"code": "unauthorized", "message": "send Authorization: Bearer <API key>"}},
+            401,
+            headers={"WWW-Authenticate": 'Bearer realm="cxr"'},
+        )
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     login = f"/login?next={quote(target, safe='')}" if request.method == "GET" else "/login"
     if request.headers.get("hx-request") == "true":

@@ -86,8 +86,9 @@ class BatchedClassifier:
         if runtime == "auto":
             # Measured on CPU: ONNX Runtime beats eager torch; on GPU torch (bf16, channels_last) wins.
             runtime = "onnx" if device.type == "cpu" and onnx_export_matches(checkpoint, card) else "torch"
-        torch_classifier = Classifier(model, card, device=str(device), channels_last=True,
-                                      compile=self.compile and runtime == "torch")
+        torch_classifier = Classifier(
+            model, card, device=str(device), channels_last=True, compile=self.compile and runtime == "torch"
+        )
         engine = OnnxClassifier(checkpoint, card, self.threads) if runtime == "onnx" else torch_classifier
         _, gate = load_scope(checkpoint, card)
         return ServedModel(checkpoint, engine, torch_classifier, runtime, gate, ModelInfo.from_card(card, runtime))
@@ -142,8 +143,14 @@ class BatchedClassifier:
             if verdict is not None and not verdict.in_scope:
                 results[i] = OutOfScope(verdict.reason, verdict.measures)
                 continue
-            results[i] = ModelOutput([float(p) for p in row], called, low_confidence(row, served.card), served.info,
-                                     len(good), (verdict.measures or {}) if verdict is not None else {})
+            results[i] = ModelOutput(
+                [float(p) for p in row],
+                called,
+                low_confidence(row, served.card),
+                served.info,
+                len(good),
+                (verdict.measures or {}) if verdict is not None else {},
+            )
         return results
 
     async def explain(self, gray: np.ndarray, target: int | None = None) -> Explanation:

@@ -6,7 +6,6 @@ server that ``scripts/run.sh`` starts on 127.0.0.1:``CXR_EMBEDDED_DB_PORT``) and
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -30,8 +29,12 @@ def register_keys(subparsers) -> None:
     create = actions.add_parser("create", help="a new key, printed once")
     create.add_argument("--name", required=True, help="who or what uses it, recorded in the audit log (required)")
     create.add_argument("--role", choices=ROLES, default="clinician", help="what the key may do (default: %(default)s)")
-    create.add_argument("--rate-limit", type=int, default=None,
-                        help="requests per minute for this key (default: the service's CXR_RATE_LIMIT_PER_MINUTE)")
+    create.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        help="requests per minute for this key (default: the service's CXR_RATE_LIMIT_PER_MINUTE)",
+    )
     revoke = actions.add_parser("revoke", help="revoke a key by its id (its sessions end within 30 s)")
     revoke.add_argument("key_id", help="the key's id, as cxr keys list shows it")
     actions.add_parser("list", help="every key: id, name, role, created, revoked")
@@ -51,8 +54,10 @@ def _keys(args) -> int:
     else:
         for key in keys.list():
             revoked = key["revoked_at"].isoformat(timespec="seconds") if key.get("revoked_at") else "-"
-            print(f"{key['_id']}  {key['role']:<9}  created {key['created_at'].isoformat(timespec='seconds')}  "
-                  f"revoked {revoked}  {key['name']}")
+            print(
+                f"{key['_id']}  {key['role']:<9}  created {key['created_at'].isoformat(timespec='seconds')}  "
+                f"revoked {revoked}  {key['name']}"
+            )
     return 0
 
 
@@ -64,21 +69,32 @@ def register_audit(subparsers) -> None:
     parser.add_argument("--action", choices=ACTIONS, help="only this action (default: every action)")
     parser.add_argument("--days", type=float, help="only the last N days (default: all time)")
     parser.add_argument("--limit", type=int, default=100, help="at most this many entries (default: %(default)s)")
-    parser.add_argument("--format", choices=("text", "jsonl"), default="text",
-                        help="aligned text or one JSON object per line (default: %(default)s)")
+    parser.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="aligned text or one JSON object per line (default: %(default)s)",
+    )
     parser.set_defaults(func=_audit)
 
 
 def _audit(args) -> int:
     since = datetime.now(timezone.utc) - timedelta(days=args.days) if args.days else None
     entries = AuditLog(_database(ServeSettings())).query(
-        patient_id=args.patient_id, actor=args.actor, prediction_id=args.prediction_id, action=args.action,
-        since=since, limit=args.limit)
+        patient_id=args.patient_id,
+        actor=args.actor,
+        prediction_id=args.prediction_id,
+        action=args.action,
+        since=since,
+        limit=args.limit,
+    )
     for entry in entries:
         if args.format == "jsonl":
             print(json.dumps(entry, default=str))
         else:
-            print(f"{entry['at'].isoformat(timespec='seconds')}  {entry['action']:<6}  {entry['actor']}  "
-                  f"prediction {entry.get('prediction_id') or '-'}  patient {entry.get('patient_id') or '-'}"
-                  + (f"  ({entry['detail']})" if entry.get("detail") else ""))
+            print(
+                f"{entry['at'].isoformat(timespec='seconds')}  {entry['action']:<6}  {entry['actor']}  "
+                f"prediction {entry.get('prediction_id') or '-'}  patient {entry.get('patient_id') or '-'}"
+                + (f"  ({entry['detail']})" if entry.get("detail") else "")
+            )
     return 0

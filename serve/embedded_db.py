@@ -66,9 +66,20 @@ class EmbeddedMongo:
             return self.uri_  # a server this actor's previous life started is still up
         log = open(self.data_dir / "secantusd.log", "ab")
         self.process = subprocess.Popen(
-            [_server_command(), "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", str(self.data_dir / "db"), "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            [
+                _server_command(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.data_dir / "db"),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -91,6 +102,6 @@ class EmbeddedMongo:
 
 def embedded_mongodb(data_dir: str, port: int):
     """The cluster's embedded server actor, started on first use."""
-    return EmbeddedMongo.options(
-        name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(data_dir, port)
+    return EmbeddedMongo.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(
+        data_dir, port
+    )

@@ -14,8 +14,15 @@ class ServiceError(Exception):
 
     status = 400
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 details: dict | None = None, retry_after: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        details: dict | None = None,
+        retry_after: int | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.field = status, code, field
         self.details, self.retry_after = details or {}, retry_after

@@ -41,11 +41,20 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> Starlette:
         routes = build_routes(self.api, self.authenticator) + build_routes(self.pages, self.authenticator)
-        return Starlette(routes=routes + [Mount("/static", StaticFiles(directory=STATIC_DIR))],
-                         exception_handlers={PyMongoError: self.database_unavailable},
-                         middleware=[Middleware(SecurityHeaders)])
+        return Starlette(
+            routes=routes + [Mount("/static", StaticFiles(directory=STATIC_DIR))],
+            exception_handlers={PyMongoError: self.database_unavailable},
+            middleware=[Middleware(SecurityHeaders)],
+        )
 
     async def database_unavailable(self, request: Request, exc: Exception) -> Response:
         # Store calls raise through Ray as RayTaskError subclasses of the pymongo error.
-        return refusal(request, Unavailable(503, "database_unavailable", "the database cannot be reached; retry "
-                                            "shortly", self.settings.retry_after_database_s))
+        return refusal(
+            request,
+            Unavailable(
+                503,
+                "database_unavailable",
+                "the database cannot be reached; retry shortly",
+                self.settings.retry_after_database_s,
+            ),
+        )

@@ -15,17 +15,32 @@ import numpy as np
 from PIL import Image
 
 from cxr_model.dicom import header_patient_id
-from cxr_model.preprocessing import (ImageDecodeError, PreprocessSpec, open_image, resize_levels, sniff_format,
-                                    trailing_bytes)
+from cxr_model.preprocessing import (
+    ImageDecodeError,
+    PreprocessSpec,
+    open_image,
+    resize_levels,
+    sniff_format,
+    trailing_bytes,
+)
 from serve.errors import InputError, InvalidRequest
 
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 
 # ImageDecodeError.reason -> HTTP status
-_DECODE_STATUS = {"empty": 400, "not_an_image": 415, "truncated": 422, "too_many_pixels": 413,
-                  "dicom_unsupported_syntax": 415, "dicom_no_pixels": 422, "dicom_modality": 422,
-                  "dicom_not_chest": 422, "dicom_not_greyscale": 422, "trailing_data": 422}
+_DECODE_STATUS = {
+    "empty": 400,
+    "not_an_image": 415,
+    "truncated": 422,
+    "too_many_pixels": 413,
+    "dicom_unsupported_syntax": 415,
+    "dicom_no_pixels": 422,
+    "dicom_modality": 422,
+    "dicom_not_chest": 422,
+    "dicom_not_greyscale": 422,
+    "trailing_data": 422,
+}
 
 
 def validate_patient_id(value) -> str:
@@ -33,9 +48,12 @@ def validate_patient_id(value) -> str:
         raise InputError(400, "missing_patient_id", "patient_id is required", "patient_id")
     value = value.strip()
     if not PATIENT_ID.fullmatch(value):
-        raise InputError(400, "bad_patient_id",
-                         "patient_id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-                         "patient_id")
+        raise InputError(
+            400,
+            "bad_patient_id",
+            "patient_id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            "patient_id",
+        )
     return value
 
 
@@ -58,8 +76,9 @@ def validate_page(page: str | None, page_size: str | None = None, default_size: 
     except ValueError:
         number = size = 0
     if not 1 <= number <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
-        raise InputError(400, "bad_page", f"page is a whole number from 1 to {MAX_PAGE}, page_size from 1 to "
-                                          f"{MAX_PAGE_SIZE}", "page")
+        raise InputError(
+            400, "bad_page", f"page is a whole number from 1 to {MAX_PAGE}, page_size from 1 to {MAX_PAGE_SIZE}", "page"
+        )
     return number, size
 
 
@@ -70,8 +89,10 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
         extra = trailing_bytes(data)
         if extra:  # a clinical export ends where its image ends; more is a polyglot or damage
             kind = sniff_format(data).upper()
-            raise ImageDecodeError("trailing_data", f"{extra} bytes follow the end of the {kind} image; "
-                                                    "upload the image exactly as exported")
+            raise ImageDecodeError(
+                "trailing_data",
+                f"{extra} bytes follow the end of the {kind} image; upload the image exactly as exported",
+            )
         return image
     except ImageDecodeError as exc:
         raise InputError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, str(exc), "image") from exc
@@ -119,10 +140,12 @@ def check_request(fields: dict, data: bytes | None, max_pixels: int, filename: s
     """All of a request's fields, validated; ``InvalidRequest`` lists every problem (patient ID first)."""
     errors, values = [], {}
     form_patient = (fields.get("patient_id") or "").strip()
-    checks = [("patient_id", lambda: validate_patient_id(form_patient or dicom_patient_id(data))),
-              ("request_id", lambda: validate_request_id(fields.get("request_id")) or uuid.uuid4().hex),
-              ("explain", lambda: validate_explain(fields.get("explain", ""))),
-              ("image", lambda: decode_required(data, max_pixels))]
+    checks = [
+        ("patient_id", lambda: validate_patient_id(form_patient or dicom_patient_id(data))),
+        ("request_id", lambda: validate_request_id(fields.get("request_id")) or uuid.uuid4().hex),
+        ("explain", lambda: validate_explain(fields.get("explain", ""))),
+        ("image", lambda: decode_required(data, max_pixels)),
+    ]
     for name, check in checks:
         try:
             values[name] = check()
@@ -130,8 +153,15 @@ def check_request(fields: dict, data: bytes | None, max_pixels: int, filename: s
             errors.append(exc)
     if errors:
         raise InvalidRequest(errors)
-    return PredictionRequest(values["patient_id"], values["request_id"], values["explain"],
-                             flag(fields.get("save", "")), data, values["image"], filename)
+    return PredictionRequest(
+        values["patient_id"],
+        values["request_id"],
+        values["explain"],
+        flag(fields.get("save", "")),
+        data,
+        values["image"],
+        filename,
+    )
 
 
 def validate_explain(value: str) -> bool:

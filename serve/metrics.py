@@ -11,34 +11,55 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 class IngressMetrics:
     def __init__(self):
-        self.rejected = Counter("cxr_rejected_inputs_total", description="uploads refused, by reason",
-                                tag_keys=("reason",))
-        self.predictions = Counter("cxr_predictions_total", description="predictions served, by top label",
-                                   tag_keys=("label", "model_version"))
-        self.retries = Counter("cxr_prediction_retries_total", description="predictions retried after a replica "
-                               "died under them", tag_keys=("reason",))
-        self.unavailable = Counter("cxr_unavailable_total", description="predictions answered 503/504 (queue "
-                                   "full or timeout)", tag_keys=("reason",))
-        self.out_of_scope = Counter("cxr_out_of_scope_total", description="uploads refused as not a chest "
-                                    "radiograph, by reason", tag_keys=("reason",))
-        self.stage_seconds = Histogram("cxr_stage_seconds", description="time per request stage",
-                                       boundaries=LATENCY_BUCKETS, tag_keys=("stage",))
+        self.rejected = Counter(
+            "cxr_rejected_inputs_total", description="uploads refused, by reason", tag_keys=("reason",)
+        )
+        self.predictions = Counter(
+            "cxr_predictions_total", description="predictions served, by top label", tag_keys=("label", "model_version")
+        )
+        self.retries = Counter(
+            "cxr_prediction_retries_total",
+            description="predictions retried after a replica died under them",
+            tag_keys=("reason",),
+        )
+        self.unavailable = Counter(
+            "cxr_unavailable_total",
+            description="predictions answered 503/504 (queue full or timeout)",
+            tag_keys=("reason",),
+        )
+        self.out_of_scope = Counter(
+            "cxr_out_of_scope_total",
+            description="uploads refused as not a chest radiograph, by reason",
+            tag_keys=("reason",),
+        )
+        self.stage_seconds = Histogram(
+            "cxr_stage_seconds", description="time per request stage", boundaries=LATENCY_BUCKETS, tag_keys=("stage",)
+        )
 
 
 class ClassifierMetrics:
     def __init__(self):
-        self.batch_sizes = Histogram("cxr_batch_size", description="images per model forward pass",
-                                     boundaries=[1, 2, 4, 8, 16, 32, 64])
-        self.inference_seconds = Histogram("cxr_inference_seconds", description="model forward time per batch",
-                                           boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10])
-        self.model_loaded = Gauge("cxr_model_info", description="1 for the model version this replica serves",
-                                  tag_keys=("model", "version"))
+        self.batch_sizes = Histogram(
+            "cxr_batch_size", description="images per model forward pass", boundaries=[1, 2, 4, 8, 16, 32, 64]
+        )
+        self.inference_seconds = Histogram(
+            "cxr_inference_seconds",
+            description="model forward time per batch",
+            boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+        )
+        self.model_loaded = Gauge(
+            "cxr_model_info", description="1 for the model version this replica serves", tag_keys=("model", "version")
+        )
         self.rolls = Counter("cxr_model_rolls_total", description="checkpoints loaded via user_config")
 
 
 class StoreMetrics:
     def __init__(self):
-        self.failures = Counter("cxr_storage_failures_total", description="saves that could not be stored",
-                                tag_keys=("operation",))
-        self.swept = Counter("cxr_orphans_swept_total", description="image files and chunks left by interrupted "
-                             "saves, removed by the orphan sweep", tag_keys=("kind",))
+        self.failures = Counter(
+            "cxr_storage_failures_total", description="saves that could not be stored", tag_keys=("operation",)
+        )
+        self.swept = Counter(
+            "cxr_orphans_swept_total",
+            description="image files and chunks left by interrupted saves, removed by the orphan sweep",
+            tag_keys=("kind",),
+        )

@@ -35,12 +35,23 @@ class ModelInfo:
     @classmethod
     def from_card(cls, card: ModelCard, runtime: str) -> ModelInfo:
         scope = card.scope or {}
-        return cls(runtime=runtime, name=card.name, version=card.version, backbone=card.backbone, task=card.task,
-                   labels=list(card.labels), thresholds=list(card.thresholds), weights_sha256=card.weights_sha256,
-                   preprocessing_version=card.preprocess_spec.version, input_size=card.preprocess_spec.input_size,
-                   synthetic_demo=card.synthetic_demo, calibration_temperature=card.calibration_temperature,
-                   low_confidence_below=card.low_confidence_below, code_version=card.code_version,
-                   scope_gate={"version": scope.get("version"), "feature_gate": bool(scope.get("feature_gate"))})
+        return cls(
+            runtime=runtime,
+            name=card.name,
+            version=card.version,
+            backbone=card.backbone,
+            task=card.task,
+            labels=list(card.labels),
+            thresholds=list(card.thresholds),
+            weights_sha256=card.weights_sha256,
+            preprocessing_version=card.preprocess_spec.version,
+            input_size=card.preprocess_spec.input_size,
+            synthetic_demo=card.synthetic_demo,
+            calibration_temperature=card.calibration_temperature,
+            low_confidence_below=card.low_confidence_below,
+            code_version=card.code_version,
+            scope_gate={"version": scope.get("version"), "feature_gate": bool(scope.get("feature_gate"))},
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,8 +27,9 @@ class SweepResult:
     cutoff: datetime  # everything before it was judged: the next pass's ``since``
 
 
-def sweep_orphans(records: PredictionRecords, grace: timedelta, since: datetime | None = None,
-                  page: int = 500) -> SweepResult:
+def sweep_orphans(
+    records: PredictionRecords, grace: timedelta, since: datetime | None = None, page: int = 500
+) -> SweepResult:
     """Remove image files that no record names, and chunks whose file document is gone, written
     between ``since`` (everything when None) and ``grace`` ago. Returns counts and the cutoff,
     the next sweep's ``since``."""

@@ -32,11 +32,15 @@ from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, i
 PAGE_SIZE = 10
 PAGE_MESSAGE = f"The page number must be a whole number from 1 to {MAX_PAGE}."
 FORBIDDEN = "This form has expired or did not come from this site. Reload the page and try again."
-UNAVAILABLE = {"model_changing": "The model is being replaced. Try again in a moment.",
-               "overloaded": "The service is busy right now. Try again in a few seconds.",
-               "timeout": "The prediction took too long. Try again in a few seconds."}
-NOT_HELD = ("This prediction is no longer held for saving (results are kept for 15 minutes). "
-            "Choose the image again and tick 'Save to record'.")
+UNAVAILABLE = {
+    "model_changing": "The model is being replaced. Try again in a moment.",
+    "overloaded": "The service is busy right now. Try again in a few seconds.",
+    "timeout": "The prediction took too long. Try again in a few seconds.",
+}
+NOT_HELD = (
+    "This prediction is no longer held for saving (results are kept for 15 minutes). "
+    "Choose the image again and tick 'Save to record'."
+)
 
 
 def result_view(prediction: Prediction, saved: SaveResult | None = None, can_save: bool = False) -> dict:
@@ -45,16 +49,22 @@ def result_view(prediction: Prediction, saved: SaveResult | None = None, can_sav
     gradcam = gradcam_overlay(prediction, display)
     model = prediction.model
     return {
-        "patient_id": prediction.request.patient_id, "request_id": prediction.request.request_id,
-        "top_label": prediction.top_label, "confidence": prediction.confidence,
+        "patient_id": prediction.request.patient_id,
+        "request_id": prediction.request.request_id,
+        "top_label": prediction.top_label,
+        "confidence": prediction.confidence,
         "low_confidence": prediction.output.low_confidence,
-        "rows": probability_rows(prediction.probabilities, model["labels"], model.get("thresholds"),
-                                 prediction.output.positives),
-        "model": model, "annotated_src": data_uri(jpeg(annotated(prediction, display)), "image/jpeg"),
+        "rows": probability_rows(
+            prediction.probabilities, model["labels"], model.get("thresholds"), prediction.output.positives
+        ),
+        "model": model,
+        "annotated_src": data_uri(jpeg(annotated(prediction, display)), "image/jpeg"),
         "gradcam_src": data_uri(jpeg(gradcam), "image/jpeg") if gradcam is not None else None,
         "gradcam_label": prediction.gradcam_label,
-        "saved": bool(saved and saved.saved), "prediction_id": saved.prediction_id if saved else None,
-        "save_error": saved.reason if saved and not saved.saved else None, "can_save": can_save,
+        "saved": bool(saved and saved.saved),
+        "prediction_id": saved.prediction_id if saved else None,
+        "save_error": saved.reason if saved and not saved.saved else None,
+        "can_save": can_save,
     }
 
 
@@ -67,8 +77,9 @@ class Pages(RouteOwner):
         self.predictions, self.store, self.authenticator = predictions, store, authenticator
         self.settings = predictions.settings
         self.renderer = PageRenderer(NOTICE, DEMO_NOTICE)
-        self.held = HeldUploads(self.settings.held_uploads, self.settings.held_upload_bytes,
-                                self.settings.held_upload_s)
+        self.held = HeldUploads(
+            self.settings.held_uploads, self.settings.held_upload_bytes, self.settings.held_upload_s
+        )
 
     # -- shared page plumbing ------------------------------------------------------------------------
 
@@ -93,14 +104,27 @@ class Pages(RouteOwner):
 
     def _form(self, fields: dict | None = None, errors: dict | None = None, held: str | None = None) -> dict:
         fields = fields or {}
-        return {"patient_id": fields.get("patient_id", ""), "explain": fields.get("explain") == "gradcam",
-                "save": fields.get("save") in ("1", "on"), "request_id": fields.get("request_id") or uuid.uuid4().hex,
-                "held_filename": held, "errors": errors or {}}
+        return {
+            "patient_id": fields.get("patient_id", ""),
+            "explain": fields.get("explain") == "gradcam",
+            "save": fields.get("save") in ("1", "on"),
+            "request_id": fields.get("request_id") or uuid.uuid4().hex,
+            "held_filename": held,
+            "errors": errors or {},
+        }
 
-    async def _error_page(self, request: Request, status: int, fields: dict, errors: dict,
-                          held: str | None = None) -> Response:
-        return await self._page(request, "new_prediction.html", "_prediction_errors.html", status,
-                                form=self._form(fields, errors, held), result=None, error=errors)
+    async def _error_page(
+        self, request: Request, status: int, fields: dict, errors: dict, held: str | None = None
+    ) -> Response:
+        return await self._page(
+            request,
+            "new_prediction.html",
+            "_prediction_errors.html",
+            status,
+            form=self._form(fields, errors, held),
+            result=None,
+            error=errors,
+        )
 
     async def _message(self, request: Request, status: int, title: str, message: str) -> Response:
         return await self._page(request, "message.html", None, status, title=title, message=message)
@@ -108,8 +132,9 @@ class Pages(RouteOwner):
     async def form_refused(self, request: Request, error: ServiceError) -> Response:
         if isinstance(error, InputError):
             self.predictions.reject(error)
-        return await self._error_page(request, error.status, {}, field_messages([(error.field, error.code,
-                                                                                   str(error))]))
+        return await self._error_page(
+            request, error.status, {}, field_messages([(error.field, error.code, str(error))])
+        )
 
     async def error_response(self, request: Request, error: ServiceError) -> Response:
         return await self._message(request, error.status, "Request refused", str(error))
@@ -167,9 +192,14 @@ class Pages(RouteOwner):
     async def _show_result(self, request: Request, prediction: Prediction, saved: SaveResult | None) -> Response:
         if saved and saved.saved and not is_htmx(request.headers):
             return RedirectResponse(f"/predictions/{saved.prediction_id}", 303)
-        return await self._page(request, "new_prediction.html", "_prediction_result.html",
-                                form=self._form({"patient_id": prediction.request.patient_id}), error=None,
-                                result=result_view(prediction, saved, not (saved and saved.saved)))
+        return await self._page(
+            request,
+            "new_prediction.html",
+            "_prediction_result.html",
+            form=self._form({"patient_id": prediction.request.patient_id}),
+            error=None,
+            result=result_view(prediction, saved, not (saved and saved.saved)),
+        )
 
     @route("/predictions/save", "POST", form="small_form")
     async def save_prediction(self, request: Request, form: Upload) -> Response:
@@ -187,17 +217,20 @@ class Pages(RouteOwner):
         try:
             record = await self.store.get.remote(request.path_params["prediction_id"], identity_of(request))
         except Exception:
-            return await self._message(request, 503, "Records unavailable",
-                                       "The database cannot be reached. Try again shortly.")
+            return await self._message(
+                request, 503, "Records unavailable", "The database cannot be reached. Try again shortly."
+            )
         if record is None:
             return await self._message(request, 404, "Prediction not found", "No stored prediction has this ID.")
         record = public_record(record)
         # The page's own image route: the browser holds a session cookie, not the API's bearer key.
-        record["images"] = {kind: f"/predictions/{record['prediction_id']}/image?kind={kind}"
-                            for kind in record["images"]}
+        record["images"] = {
+            kind: f"/predictions/{record['prediction_id']}/image?kind={kind}" for kind in record["images"]
+        }
         model = record["model"]
-        rows = probability_rows(record["probabilities"], model["labels"], model.get("thresholds"),
-                                record.get("positives"))
+        rows = probability_rows(
+            record["probabilities"], model["labels"], model.get("thresholds"), record.get("positives")
+        )
         return await self._page(request, "prediction.html", None, record=record, rows=rows)
 
     @route("/predictions/{prediction_id}/image")
@@ -240,8 +273,12 @@ class Pages(RouteOwner):
                 patient_id = validate_patient_id(raw)
                 page, _ = validate_page(request.query_params.get("page"), default_size=PAGE_SIZE)
                 records, total = await self.store.by_patient.remote(patient_id, page, PAGE_SIZE, identity_of(request))
-                context.update(items=[public_record(r) for r in records], total=total, page=page,
-                               pages=(total + PAGE_SIZE - 1) // PAGE_SIZE)
+                context.update(
+                    items=[public_record(r) for r in records],
+                    total=total,
+                    page=page,
+                    pages=(total + PAGE_SIZE - 1) // PAGE_SIZE,
+                )
             except InputError as exc:
                 context["error"], status = (PAGE_MESSAGE if exc.code == "bad_page" else str(exc)), exc.status
             except Exception:
@@ -251,15 +288,23 @@ class Pages(RouteOwner):
     @route("/model")
     async def model(self, request: Request) -> Response:
         card = (await self.predictions.card(refresh=True)).to_dict()
-        return await self._page(request, "model.html", None, card=card,
-                                metrics=headline_metrics(card.get("metrics") or {}))
+        return await self._page(
+            request, "model.html", None, card=card, metrics=headline_metrics(card.get("metrics") or {})
+        )
 
     # -- sign-in -------------------------------------------------------------------------------------
 
     @route("/login", public=True)
     async def login_form(self, request: Request, status: int = 200, error: str | None = None) -> Response:
-        return await self._page(request, "login.html", None, status, error=error, mode=self.settings.auth,
-                                next=_local_path(request.query_params.get("next")))
+        return await self._page(
+            request,
+            "login.html",
+            None,
+            status,
+            error=error,
+            mode=self.settings.auth,
+            next=_local_path(request.query_params.get("next")),
+        )
 
     @route("/login", "POST", public=True, form="small_form")
     async def login(self, request: Request, form: Upload) -> Response:

@@ -38,10 +38,16 @@ class Prediction:
         return self.output.model.to_dict()
 
     def _result(self) -> dict:
-        return {"request_id": self.request.request_id, "patient_id": self.request.patient_id,
-                "probabilities": self.probabilities, "top_label": self.top_label, "confidence": self.confidence,
-                "positives": self.output.positives, "low_confidence": self.output.low_confidence,
-                "model": self.model}
+        return {
+            "request_id": self.request.request_id,
+            "patient_id": self.request.patient_id,
+            "probabilities": self.probabilities,
+            "top_label": self.top_label,
+            "confidence": self.confidence,
+            "positives": self.output.positives,
+            "low_confidence": self.output.low_confidence,
+            "model": self.model,
+        }
 
     def record(self, created_by: str) -> dict:
         """The stored record, without its files (the store adds those)."""

@@ -51,8 +51,13 @@ class PredictionService:
 
     def _out_of_scope(self, verdict: ScopeVerdict) -> InvalidRequest:
         self.metrics.out_of_scope.inc(tags={"reason": verdict.reason})
-        error = InputError(422, "out_of_scope", verdict.message, "image",
-                           {"reason": verdict.reason, "measures": verdict.measures or {}})
+        error = InputError(
+            422,
+            "out_of_scope",
+            verdict.message,
+            "image",
+            {"reason": verdict.reason, "measures": verdict.measures or {}},
+        )
         self.reject(error)
         return InvalidRequest([error])
 
@@ -76,14 +81,21 @@ class PredictionService:
                 gray = await self._levels(request, refresh=True)
                 output = await self.classifier.predict.remote(gray)
         except InputSizeMismatch as exc:
-            raise Unavailable(503, "model_changing", "the model is being replaced; retry in a moment",
-                              self.settings.retry_after_model_changing_s) from exc
+            raise Unavailable(
+                503,
+                "model_changing",
+                "the model is being replaced; retry in a moment",
+                self.settings.retry_after_model_changing_s,
+            ) from exc
         except OutOfScope as exc:  # refused by the checkpoint's feature gate
             raise self._out_of_scope(exc.verdict) from None
         inferred = time.perf_counter()
         self.metrics.stage_seconds.observe(inferred - decoded, tags={"stage": "inference"})
-        prediction = Prediction(request, output, {"decode": round((decoded - started) * 1000, 2),
-                                                  "inference": round((inferred - decoded) * 1000, 2)})
+        prediction = Prediction(
+            request,
+            output,
+            {"decode": round((decoded - started) * 1000, 2), "inference": round((inferred - decoded) * 1000, 2)},
+        )
         self.metrics.predictions.inc(tags={"label": prediction.top_label, "model_version": output.model.version})
         if request.explain:
             try:
@@ -97,16 +109,25 @@ class PredictionService:
         """``predict`` bounded by the request timeout, retried when a replica dies under it."""
         deadline = started + self.settings.request_timeout_s
         try:
-            return await within_deadline(lambda: self.predict(request, started), deadline, self.settings.retry_pause_s,
-                                         lambda: self.metrics.retries.inc(tags={"reason": "replica_gone"}))
+            return await within_deadline(
+                lambda: self.predict(request, started),
+                deadline,
+                self.settings.retry_pause_s,
+                lambda: self.metrics.retries.inc(tags={"reason": "replica_gone"}),
+            )
         except BackPressureError as exc:
             self.metrics.unavailable.inc(tags={"reason": "classifier_queue_full"})
-            raise Unavailable(503, "overloaded", "the service is at capacity; retry shortly",
-                              self.settings.retry_after_overloaded_s) from exc
+            raise Unavailable(
+                503, "overloaded", "the service is at capacity; retry shortly", self.settings.retry_after_overloaded_s
+            ) from exc
         except (asyncio.TimeoutError, *REPLICA_GONE) as exc:
             self.metrics.unavailable.inc(tags={"reason": "timeout"})
-            raise Unavailable(504, "timeout", f"no prediction within {self.settings.request_timeout_s:g} s; "
-                              "retry shortly", self.settings.retry_after_timeout_s) from exc
+            raise Unavailable(
+                504,
+                "timeout",
+                f"no prediction within {self.settings.request_timeout_s:g} s; retry shortly",
+                self.settings.retry_after_timeout_s,
+            ) from exc
 
     async def save(self, prediction: Prediction, actor: Identity) -> SaveResult:
         started = time.perf_counter()

@@ -34,8 +34,17 @@ class SaveResult:
 
 PREDICTION_SCHEMA = {
     "bsonType": "object",
-    "required": ["_id", "request_id", "patient_id", "created_at", "probabilities", "top_label",
-                 "confidence", "model", "files"],
+    "required": [
+        "_id",
+        "request_id",
+        "patient_id",
+        "created_at",
+        "probabilities",
+        "top_label",
+        "confidence",
+        "model",
+        "files",
+    ],
     "properties": {
         "_id": {"bsonType": "string"},
         "request_id": {"bsonType": "string"},
@@ -47,8 +56,18 @@ PREDICTION_SCHEMA = {
         "positives": {"bsonType": "array"},
         "low_confidence": {"bsonType": "bool"},
         # Traceability: which weights, preprocessing, thresholds and calibration produced this record.
-        "model": {"bsonType": "object", "required": ["name", "version", "weights_sha256", "preprocessing_version",
-                                                     "thresholds", "calibration_temperature", "code_version"]},
+        "model": {
+            "bsonType": "object",
+            "required": [
+                "name",
+                "version",
+                "weights_sha256",
+                "preprocessing_version",
+                "thresholds",
+                "calibration_temperature",
+                "code_version",
+            ],
+        },
         "files": {"bsonType": "object", "required": ["original", "annotated"]},
     },
 }
@@ -58,8 +77,13 @@ class PredictionRecords:
     """The predictions collection and its images in GridFS."""
 
     def __init__(self, uri: str, database: str, timeout_ms: int = 3000):
-        self.client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                                  socketTimeoutMS=max(timeout_ms * 3, 10000), tz_aware=True)
+        self.client = MongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 3, 10000),
+            tz_aware=True,
+        )
         self.db = self.client.get_database(database, write_concern=WriteConcern(w="majority"))
         self.files = gridfs.GridFS(self.db, collection=IMAGES)
         self._schema_ready = False
@@ -102,9 +126,13 @@ class PredictionRecords:
                 # written (say, its file document is refused) is discarded whole, chunks included.
                 file_id = ObjectId()
                 uploaded.append(file_id)
-                self.files.put(data, _id=file_id, filename=f"{prediction_id}-{kind}.png", content_type="image/png",
-                               metadata={"prediction_id": prediction_id, "kind": kind,
-                                         "request_id": record["request_id"]})
+                self.files.put(
+                    data,
+                    _id=file_id,
+                    filename=f"{prediction_id}-{kind}.png",
+                    content_type="image/png",
+                    metadata={"prediction_id": prediction_id, "kind": kind, "request_id": record["request_id"]},
+                )
                 files[kind] = file_id
             document = {**record, "_id": prediction_id, "files": files}
             try:
@@ -141,8 +169,13 @@ class PredictionRecords:
     def by_patient(self, patient_id: str, page: int = 1, page_size: int = 20) -> tuple[list[dict], int]:
         query = {"patient_id": patient_id}
         total = self.db[PREDICTIONS].count_documents(query)
-        cursor = (self.db[PREDICTIONS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-                  .skip((page - 1) * page_size).limit(page_size))
+        cursor = (
+            self.db[PREDICTIONS]
+            .find(query)
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .skip((page - 1) * page_size)
+            .limit(page_size)
+        )
         return list(cursor), total
 
 

@@ -15,8 +15,9 @@ REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 T = TypeVar("T")
 
 
-async def within_deadline(call: Callable[[], Awaitable[T]], deadline: float, pause_s: float,
-                          on_retry: Callable[[], None]) -> T:
+async def within_deadline(
+    call: Callable[[], Awaitable[T]], deadline: float, pause_s: float, on_retry: Callable[[], None]
+) -> T:
     """``call()`` bounded by ``deadline`` (``time.perf_counter`` time), retried after ``pause_s`` when
     its replica dies. Raises ``asyncio.TimeoutError`` past the deadline, or the last replica error
     when no retry fits before it."""

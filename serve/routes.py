@@ -85,5 +85,9 @@ def _guarded(owner, handler, spec: RouteSpec, authenticator: Authenticator):
 
 
 def build_routes(owner, authenticator: Authenticator) -> list[Route]:
-    return [Route(spec.path, _guarded(owner, getattr(owner, name), spec, authenticator), methods=list(spec.methods),
-                  name=name) for name, spec in declared(type(owner))]
+    return [
+        Route(
+            spec.path, _guarded(owner, getattr(owner, name), spec, authenticator), methods=list(spec.methods), name=name
+        )
+        for name, spec in declared(type(owner))
+    ]

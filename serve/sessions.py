@@ -35,8 +35,9 @@ class Sessions:
         return parts[0]
 
     def cookie_header(self, value: str, secure: bool) -> str:
-        return (f"{SESSION_COOKIE}={value}; Path=/; Max-Age={self.seconds}; SameSite=Strict; HttpOnly"
-                + ("; Secure" if secure else ""))
+        return f"{SESSION_COOKIE}={value}; Path=/; Max-Age={self.seconds}; SameSite=Strict; HttpOnly" + (
+            "; Secure" if secure else ""
+        )
 
     @staticmethod
     def clear_header() -> str:

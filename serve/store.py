@@ -42,8 +42,9 @@ class ResultStore:
         self.keys, self.audit = ApiKeys(self.records.db), AuditLog(self.records.db)
         self.pseudonym_key = settings.pseudonym_key
         self.metrics = StoreMetrics()
-        self.sweeper = OrphanSweeper(self.records, settings.orphan_sweep_interval_s, settings.orphan_grace_s,
-                                     self._count_swept)
+        self.sweeper = OrphanSweeper(
+            self.records, settings.orphan_sweep_interval_s, settings.orphan_grace_s, self._count_swept
+        )
         self.sweeper.start()
 
     def _count_swept(self, result: SweepResult) -> None:
@@ -67,8 +68,7 @@ class ResultStore:
             self.metrics.failures.inc(tags={"operation": "save"})
         elif not result.duplicate:
             try:
-                self.audit.record(actor, "create", prediction_id=result.prediction_id,
-                                  patient_id=record["patient_id"])
+                self.audit.record(actor, "create", prediction_id=result.prediction_id, patient_id=record["patient_id"])
             except PyMongoError:  # the record is stored (and names its creator): never report it unsaved
                 self.metrics.failures.inc(tags={"operation": "audit"})
                 logger.error("audit entry for prediction %s not written: database unavailable", result.prediction_id)
@@ -86,8 +86,9 @@ class ResultStore:
         record = self.records.get(prediction_id)
         data = self.records.image(prediction_id, kind, record) if record is not None else None
         if data is not None:
-            self.audit.record(actor, "export", prediction_id=prediction_id, patient_id=record["patient_id"],
-                              detail=kind)
+            self.audit.record(
+                actor, "export", prediction_id=prediction_id, patient_id=record["patient_id"], detail=kind
+            )
             self._log(actor, f"export {kind}", prediction_id, record["patient_id"])
         return data
 

@@ -51,8 +51,9 @@ async def read_upload(request: Request, max_bytes: int, image_required: bool = T
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InputError(415, "not_multipart", "send multipart/form-data with an 'image' file")
     try:
-        form = await _bounded(request, limit).form(max_files=1, max_fields=MAX_FORM_FIELDS,
-                                                   max_part_size=MAX_FIELD_BYTES)
+        form = await _bounded(request, limit).form(
+            max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES
+        )
     except BodyTooLarge:
         raise InputError(413, "too_large", f"the upload exceeds {max_bytes} bytes", "image") from None
     except Exception as exc:  # starlette raises MultiPartException / HTTPException on limits

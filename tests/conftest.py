@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 from pathlib import Path
@@ -19,16 +18,17 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 from cxr_model.checkpoint import ModelCard, save_checkpoint, sha256_file  # noqa: E402
 from cxr_model.classifier import Classifier  # noqa: E402
-from cxr_model.labels import COVID4, MULTICLASS  # noqa: E402
+from cxr_model.labels import COVID4  # noqa: E402
 from cxr_model.network import build_model  # noqa: E402
-from cxr_model.preprocessing import PreprocessSpec, levels_to_unit, normalize, resize_levels  # noqa: E402
+from cxr_model.preprocessing import levels_to_unit, normalize, resize_levels  # noqa: E402
 from cxr_model.scope import GATE_FILE, fit_feature_gate  # noqa: E402
-from training.synthetic import make_demo_dataset, render_chest  # noqa: E402
 from tests.helpers import IN_CI, make_card  # noqa: E402
+from training.synthetic import make_demo_dataset, render_chest  # noqa: E402
 
 # Hypothesis: derandomised in CI (a failure there reproduces exactly); random locally, to keep finding new cases.
 hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis.settings.load_profile("ci" if IN_CI else "default")
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -47,8 +47,13 @@ def ray_cluster():
     if not ray.is_initialized():
         # address="local": always a fresh cluster, never one a developer left running. Metrics are
         # exported every 2 s (10 s by default) so that tests counting them settle quickly.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=METRICS_PORT,
-                 _system_config={"metrics_report_interval_ms": 2000})
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            _metrics_export_port=METRICS_PORT,
+            _system_config={"metrics_report_interval_ms": 2000},
+        )
     yield ray
     ray.shutdown()
 
@@ -80,9 +85,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def chest_image_features(classifier: Classifier, seeds) -> np.ndarray:
     spec = classifier.card.preprocess_spec
     labels = sorted(COVID4)
-    tensors = [normalize(torch.from_numpy(levels_to_unit(resize_levels(Image.fromarray(
-        (render_chest(labels[seed % 4], np.random.default_rng(seed)) * 255).astype(np.uint8)), spec.input_size)))[None],
-        spec) for seed in seeds]
+    tensors = [
+        normalize(
+            torch.from_numpy(
+                levels_to_unit(
+                    resize_levels(
+                        Image.fromarray(
+                            (render_chest(labels[seed % 4], np.random.default_rng(seed)) * 255).astype(np.uint8)
+                        ),
+                        spec.input_size,
+                    )
+                )
+            )[None],
+            spec,
+        )
+        for seed in seeds
+    ]
     return classifier.predict_with_features(torch.stack(tensors))[1]
 
 
@@ -94,12 +112,22 @@ def add_feature_gate(model, card: ModelCard, directory: Path, margin: float = 1.
     while other pictures (photos, limbs, skulls: distances 3-5x larger here) do not.
     """
     classifier = Classifier(model, card, device="cpu")
-    gate = fit_feature_gate(chest_image_features(classifier, range(5000, 5080)),
-                            chest_image_features(classifier, range(5100, 5140)), 0.01)
+    gate = fit_feature_gate(
+        chest_image_features(classifier, range(5000, 5080)), chest_image_features(classifier, range(5100, 5140)), 0.01
+    )
     gate.threshold = margin * float(gate.distances(chest_image_features(classifier, range(5100, 5140))).max())
     gate.save(directory / GATE_FILE)
-    card.scope = {"version": "test", "image_limits": {}, "feature_gate": {
-        "file": GATE_FILE, "sha256": sha256_file(directory / GATE_FILE), "threshold": gate.threshold,
-        "target_false_rejection": 0.01, "feature_dim": int(gate.mean.shape[0]),
-        "fitted_on": "80 generated chest images", "threshold_from": "40 generated chest images"}}
+    card.scope = {
+        "version": "test",
+        "image_limits": {},
+        "feature_gate": {
+            "file": GATE_FILE,
+            "sha256": sha256_file(directory / GATE_FILE),
+            "threshold": gate.threshold,
+            "target_false_rejection": 0.01,
+            "feature_dim": int(gate.mean.shape[0]),
+            "fitted_on": "80 generated chest images",
+            "threshold_from": "40 generated chest images",
+        },
+    }
     save_checkpoint(model, card, directory)

@@ -23,11 +23,22 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def make_dicom(pixels: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2", modality: str = "DX",
-               body_part: str | None = "CHEST", patient_id: str = "DCM-0001", slope: float | None = None,
-               intercept: float | None = None, window: tuple[float, float] | None = None, rle: bool = False,
-               syntax: str | None = None, preamble: bytes | None = None, declared_shape=None,
-               **flags) -> bytes:
+def make_dicom(
+    pixels: np.ndarray,
+    bits_stored: int,
+    photometric: str = "MONOCHROME2",
+    modality: str = "DX",
+    body_part: str | None = "CHEST",
+    patient_id: str = "DCM-0001",
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    rle: bool = False,
+    syntax: str | None = None,
+    preamble: bytes | None = None,
+    declared_shape=None,
+    **flags,
+) -> bytes:
     """A small single-frame DICOM radiograph file of the kind a CR/DX modality sends."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -68,8 +79,13 @@ def make_dicom(pixels: np.ndarray, bits_stored: int, photometric: str = "MONOCHR
 
 def make_card(labels=COVID4, task=MULTICLASS, backbone="densenet121", size=64, **extra) -> ModelCard:
     return ModelCard(
-        name=f"test-{backbone}", version="0.0.1", backbone=backbone, task=task, labels=list(labels),
-        preprocessing=PreprocessSpec(input_size=size).to_dict(), **extra,
+        name=f"test-{backbone}",
+        version="0.0.1",
+        backbone=backbone,
+        task=task,
+        labels=list(labels),
+        preprocessing=PreprocessSpec(input_size=size).to_dict(),
+        **extra,
     )
 
 
@@ -90,6 +106,8 @@ def jpeg_bytes(array: np.ndarray, quality: int = 75) -> bytes:
 
 
 # One small valid file per accepted format: the starting points the decoder fuzzers mutate.
-FUZZ_SEEDS = [png_bytes(np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)),
-              jpeg_bytes(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)),
-              make_dicom(np.full((24, 24), 1000, np.uint16), bits_stored=12)]
+FUZZ_SEEDS = [
+    png_bytes(np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)),
+    jpeg_bytes(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)),
+    make_dicom(np.full((24, 24), 1000, np.uint16), bits_stored=12),
+]

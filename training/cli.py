@@ -16,8 +16,12 @@ def register_data(subparsers) -> None:
     demo.add_argument("out", help="output folder")
     demo.add_argument("--per-class", type=int, default=50, help="images per class (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the generator (default: %(default)s)")
-    demo.add_argument("--duplicates", type=int, default=0,
-                      help="byte-identical copies per class, to exercise de-duplication (default: %(default)s)")
+    demo.add_argument(
+        "--duplicates",
+        type=int,
+        default=0,
+        help="byte-identical copies per class, to exercise de-duplication (default: %(default)s)",
+    )
     demo.set_defaults(func=_make_demo)
     summary = data_sub.add_parser("summary", help="class distribution table and chart")
     summary.add_argument("data_dir", help="a labelled folder in any supported layout")
@@ -85,8 +89,12 @@ def register_evaluate(subparsers) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="split_manifest.json written by cxr train (this or --data-dir)")
     source.add_argument("--data-dir", help="a labelled folder in any supported layout (this or --manifest)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
-                        help="the manifest's split to evaluate, with --manifest (default: %(default)s)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="the manifest's split to evaluate, with --manifest (default: %(default)s)",
+    )
     parser.add_argument("--layout", default="auto", help=f"layout of --data-dir: {LAYOUT_NAMES} (default: %(default)s)")
     parser.add_argument("--out", required=True, help="folder for report.md and its plots (required)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per inference batch (default: %(default)s)")
@@ -95,8 +103,8 @@ def register_evaluate(subparsers) -> None:
 
 def _evaluate(args) -> int:
     from cxr_model.checkpoint import read_card
-    from training.layouts import scan_dataset
     from training.evaluate import evaluate_checkpoint
+    from training.layouts import scan_dataset
     from training.splits import load_manifest, split_entries
 
     card = read_card(args.checkpoint)
@@ -115,21 +123,25 @@ def _evaluate(args) -> int:
     if not entries:
         raise SystemExit("no images to evaluate")
     report = evaluate_checkpoint(args.checkpoint, root, entries, args.out, args.batch_size, split)
-    print(f"{report['n']} images: accuracy {report['accuracy']:.3f} "
-          f"(95% CI {report['accuracy_ci95'][0]:.3f}-{report['accuracy_ci95'][1]:.3f}), "
-          f"macro-F1 {report['macro_f1']:.3f} "
-          f"(95% CI {report['macro_f1_ci95'][0]:.3f}-{report['macro_f1_ci95'][1]:.3f})")
+    print(
+        f"{report['n']} images: accuracy {report['accuracy']:.3f} "
+        f"(95% CI {report['accuracy_ci95'][0]:.3f}-{report['accuracy_ci95'][1]:.3f}), "
+        f"macro-F1 {report['macro_f1']:.3f} "
+        f"(95% CI {report['macro_f1_ci95'][0]:.3f}-{report['macro_f1_ci95'][1]:.3f})"
+    )
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 
 def register_demo(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="generate synthetic data and train the demo model")
-    parser.add_argument("--output-dir", default="runs/demo",
-                        help="where the synthetic data and the run go (default: %(default)s)")
+    parser.add_argument(
+        "--output-dir", default="runs/demo", help="where the synthetic data and the run go (default: %(default)s)"
+    )
     parser.add_argument("--per-class", type=int, default=60, help="synthetic images per class (default: %(default)s)")
-    parser.add_argument("--config", default=str(DEMO_CONFIG),
-                        help="TrainConfig YAML for the demo run (default: %(default)s)")
+    parser.add_argument(
+        "--config", default=str(DEMO_CONFIG), help="TrainConfig YAML for the demo run (default: %(default)s)"
+    )
     parser.set_defaults(func=_demo)
 
 
@@ -151,4 +163,3 @@ def _demo(args) -> int:
     record = export_onnx(final)  # CPU serving runs the verified ONNX export
     print(f"ONNX export verified (max probability difference {record['max_abs_probability_diff']:.1e})")
     return 0
-

@@ -120,40 +120,71 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override the YAML file; every default is None meaning 'keep the file's value'."""
     flag = parser.add_argument
     flag("--config", help="YAML file with TrainConfig fields (default: none, TrainConfig's defaults)")
-    flag("--data-dir", dest="data_dir",
-         help="the labelled data set folder (default: the --config file's value; one of them must give it)")
+    flag(
+        "--data-dir",
+        dest="data_dir",
+        help="the labelled data set folder (default: the --config file's value; one of them must give it)",
+    )
     flag("--output-dir", dest="output_dir", help=f"where the run writes everything {_keeps('output_dir')}")
-    flag("--layout", choices=("auto", "kaggle", "roboflow", "csv", "imagefolder"),
-         help=f"folder layout of --data-dir {_keeps('layout')}")
+    flag(
+        "--layout",
+        choices=("auto", "kaggle", "roboflow", "csv", "imagefolder"),
+        help=f"folder layout of --data-dir {_keeps('layout')}",
+    )
     flag("--backbone", help=f"torchvision architecture {_keeps('backbone')}")
     flag("--weights", help=f"imagenet | none | path/to/torchvision_state_dict.pth {_keeps('weights')}")
     flag("--image-size", dest="image_size", type=int, help=f"model input side in pixels {_keeps('image_size')}")
     flag("--workers", type=int, help=f"Ray Train workers {_keeps('workers')}")
     flag("--gpu", action=argparse.BooleanOptionalAction, default=None, help=f"one GPU per worker {_keeps('gpu')}")
-    flag("--cpus-per-worker", dest="cpus_per_worker", type=int,
-         help=f"CPUs per Ray Train worker {_keeps('cpus_per_worker')}")
+    flag(
+        "--cpus-per-worker",
+        dest="cpus_per_worker",
+        type=int,
+        help=f"CPUs per Ray Train worker {_keeps('cpus_per_worker')}",
+    )
     flag("--batch-size", dest="batch_size", type=int, help=f"training batch per worker {_keeps('batch_size')}")
-    flag("--loader-workers", dest="loader_workers", type=int,
-         help=f"DataLoader processes per worker {_keeps('loader_workers')}")
+    flag(
+        "--loader-workers",
+        dest="loader_workers",
+        type=int,
+        help=f"DataLoader processes per worker {_keeps('loader_workers')}",
+    )
     flag("--loss", choices=("ce", "focal"), help=f"cross-entropy (BCE for multi-label) or focal {_keeps('loss')}")
     flag("--seed", type=int, help=f"training seed: init, order, augmentation {_keeps('seed')}")
     flag("--split-seed", dest="split_seed", type=int, help=f"seed of the train/val/test split {_keeps('split_seed')}")
-    flag("--augment", action=argparse.BooleanOptionalAction, default=None,
-         help=f"random flips, affine and contrast in training {_keeps('augment')}")
+    flag(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"random flips, affine and contrast in training {_keeps('augment')}",
+    )
     flag("--stage1-epochs", dest="stage1.epochs", type=int, help=f"head-only epochs {_keeps('stage1.epochs')}")
     flag("--stage1-lr", dest="stage1.lr", type=float, help=f"head-only learning rate {_keeps('stage1.lr')}")
     flag("--stage2-epochs", dest="stage2.epochs", type=int, help=f"full fine-tuning epochs {_keeps('stage2.epochs')}")
     flag("--stage2-lr", dest="stage2.lr", type=float, help=f"full fine-tuning learning rate {_keeps('stage2.lr')}")
     flag("--patience", type=int, help=f"early-stopping patience for both stages {_keeps('stage1.patience')}")
-    flag("--scope-false-rejection", dest="scope_false_rejection", type=float,
-         help="target share of chest radiographs the out-of-scope gate refuses "
-              f"{_keeps('scope_false_rejection')}")
-    flag("--model-name", dest="model_name", help="name in the model card (default: the --config file's value, "
-                                                 "else cxr-<backbone>)")
-    flag("--model-version", dest="model_version", help="version in the model card (default: the --config file's "
-                                                       "value, else the UTC time of the run)")
-    flag("--progress", action=argparse.BooleanOptionalAction, default=None,
-         help=f"progress bars within epochs {_keeps('progress')}")
+    flag(
+        "--scope-false-rejection",
+        dest="scope_false_rejection",
+        type=float,
+        help=f"target share of chest radiographs the out-of-scope gate refuses {_keeps('scope_false_rejection')}",
+    )
+    flag(
+        "--model-name",
+        dest="model_name",
+        help="name in the model card (default: the --config file's value, else cxr-<backbone>)",
+    )
+    flag(
+        "--model-version",
+        dest="model_version",
+        help="version in the model card (default: the --config file's value, else the UTC time of the run)",
+    )
+    flag(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"progress bars within epochs {_keeps('progress')}",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

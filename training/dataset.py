@@ -23,8 +23,14 @@ def encode_target(labels: list[str], label_set: LabelSet) -> torch.Tensor:
 class ManifestDataset(torch.utils.data.Dataset):
     """Images listed in a split manifest, decoded by the shared preprocessing path."""
 
-    def __init__(self, root: str | Path, entries: list[dict], label_set: LabelSet,
-                 spec: PreprocessSpec, augment: nn.Module | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        entries: list[dict],
+        label_set: LabelSet,
+        spec: PreprocessSpec,
+        augment: nn.Module | None = None,
+    ):
         self.root = Path(root)
         self.entries = entries
         self.label_set = label_set

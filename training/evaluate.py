@@ -22,13 +22,17 @@ from training.metrics import accuracy, bootstrap_ci, classification_metrics, mac
 from training.plots import plot_confusion_matrix, plot_reliability, plot_roc
 
 
-def predict_entries(model, card, root: Path, entries: list[dict], batch_size: int = 32,
-                    loader_workers: int = 2, logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict_entries(
+    model, card, root: Path, entries: list[dict], batch_size: int = 32, loader_workers: int = 2, logits: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (or raw logits) and encoded targets for manifest entries, through the shared
     preprocessing."""
     classifier = model if isinstance(model, Classifier) else Classifier(model, card)
-    loader = DataLoader(ManifestDataset(root, entries, card.label_set, card.preprocess_spec),
-                        batch_size=batch_size, num_workers=loader_workers)
+    loader = DataLoader(
+        ManifestDataset(root, entries, card.label_set, card.preprocess_spec),
+        batch_size=batch_size,
+        num_workers=loader_workers,
+    )
     probs, targets = [], []
     for x, y in loader:
         probs.append(classifier.predict_logits(x).numpy() if logits else classifier.predict_batch(x))
@@ -36,8 +40,9 @@ def predict_entries(model, card, root: Path, entries: list[dict], batch_size: in
     return np.concatenate(probs), np.concatenate(targets)
 
 
-def build_report(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet,
-                 n_resamples: int = 1000, seed: int = 0) -> dict:
+def build_report(
+    y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet, n_resamples: int = 1000, seed: int = 0
+) -> dict:
     report = classification_metrics(y_true, probs, label_set)
     report["labels"] = list(label_set.names)
     report["task"] = label_set.task
@@ -78,18 +83,28 @@ def _write_markdown(path: Path, report: dict) -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, row in report["per_class"].items():
-        lines.append(f"| {name} | {fmt(row['precision'])} | {fmt(row['recall'])} | {fmt(row['f1'])} | "
-                     f"{row['support']} | {fmt(row['roc_auc'])} |")
-    lines += ["", "Figures: `confusion_matrix.png`, `roc.png`, `reliability.png`.",
-              "Per-image results: `predictions.csv`.", ""]
+        lines.append(
+            f"| {name} | {fmt(row['precision'])} | {fmt(row['recall'])} | {fmt(row['f1'])} | "
+            f"{row['support']} | {fmt(row['roc_auc'])} |"
+        )
+    lines += [
+        "",
+        "Figures: `confusion_matrix.png`, `roc.png`, `reliability.png`.",
+        "Per-image results: `predictions.csv`.",
+        "",
+    ]
     if report["model"].get("synthetic_demo"):
-        lines.insert(2, "> SYNTHETIC DEMO MODEL evaluated on generated images: these numbers say nothing "
-                        "about clinical performance.\n")
+        lines.insert(
+            2,
+            "> SYNTHETIC DEMO MODEL evaluated on generated images: these numbers say nothing "
+            "about clinical performance.\n",
+        )
     path.write_text("\n".join(lines))
 
 
-def write_report(out_dir: Path, report: dict, entries: list[dict], probs: np.ndarray,
-                 y_true: np.ndarray, label_set: LabelSet) -> None:
+def write_report(
+    out_dir: Path, report: dict, entries: list[dict], probs: np.ndarray, y_true: np.ndarray, label_set: LabelSet
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     _write_markdown(out_dir / "report.md", report)
@@ -97,25 +112,51 @@ def write_report(out_dir: Path, report: dict, entries: list[dict], probs: np.nda
         writer = csv.writer(handle)
         writer.writerow(["label", "precision", "recall", "f1", "support", "roc_auc"])
         for name, row in report["per_class"].items():
-            writer.writerow([name, row["precision"], row["recall"], row["f1"], row["support"],
-                             "" if row["roc_auc"] is None else row["roc_auc"]])
+            writer.writerow(
+                [
+                    name,
+                    row["precision"],
+                    row["recall"],
+                    row["f1"],
+                    row["support"],
+                    "" if row["roc_auc"] is None else row["roc_auc"],
+                ]
+            )
     y_pred = predict_labels(probs, label_set)
     with open(out_dir / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", "correct", *[f"p_{n}" for n in label_set.names]])
         for entry, truth, pred, row in zip(entries, y_true, y_pred, probs):
             true_names, pred_names = _label_names(truth, label_set), _label_names(pred, label_set)
-            writer.writerow([entry["path"], "|".join(true_names), "|".join(pred_names),
-                             int(true_names == pred_names), *[f"{p:.6f}" for p in row]])
+            writer.writerow(
+                [
+                    entry["path"],
+                    "|".join(true_names),
+                    "|".join(pred_names),
+                    int(true_names == pred_names),
+                    *[f"{p:.6f}" for p in row],
+                ]
+            )
     plot_confusion_matrix(report["confusion_matrix"], label_set, out_dir / "confusion_matrix.png")
     plot_roc(y_true, probs, label_set, out_dir / "roc.png")
     calibration = report["calibration"]
-    plot_reliability(report["calibration_bins"], report["ece"], out_dir / "reliability.png",
-                     before=(calibration["bins_before"], calibration["ece_before"]))
+    plot_reliability(
+        report["calibration_bins"],
+        report["ece"],
+        out_dir / "reliability.png",
+        before=(calibration["bins_before"], calibration["ece_before"]),
+    )
 
 
-def evaluate_checkpoint(checkpoint: str | Path, root: Path, entries: list[dict], out_dir: str | Path,
-                        batch_size: int = 32, split_name: str = "test", n_resamples: int = 1000) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    root: Path,
+    entries: list[dict],
+    out_dir: str | Path,
+    batch_size: int = 32,
+    split_name: str = "test",
+    n_resamples: int = 1000,
+) -> dict:
     classifier = load_checkpoint(checkpoint)
     card = classifier.card
     with torch.inference_mode():
@@ -124,12 +165,20 @@ def evaluate_checkpoint(checkpoint: str | Path, root: Path, entries: list[dict],
     probs = probabilities_from_logits(scores, card.task, card.calibration_temperature).numpy()
     before = classification_metrics(y_true, probabilities_from_logits(scores, card.task).numpy(), card.label_set)
     report = build_report(y_true, probs, card.label_set, n_resamples)
-    report["calibration"] = {"temperature": card.calibration_temperature, "ece_before": before["ece"],
-                             "ece_after": report["ece"], "bins_before": before["calibration_bins"]}
+    report["calibration"] = {
+        "temperature": card.calibration_temperature,
+        "ece_before": before["ece"],
+        "ece_after": report["ece"],
+        "bins_before": before["calibration_bins"],
+    }
     report["low_confidence_rate"] = float(np.mean([low_confidence(row, card) for row in probs])) if len(probs) else 0.0
     report["split"] = split_name
-    report["model"] = {"name": card.name, "version": card.version, "weights_sha256": card.weights_sha256,
-                       "preprocessing_version": card.preprocess_spec.version,
-                       "synthetic_demo": card.synthetic_demo}
+    report["model"] = {
+        "name": card.name,
+        "version": card.version,
+        "weights_sha256": card.weights_sha256,
+        "preprocessing_version": card.preprocess_spec.version,
+        "synthetic_demo": card.synthetic_demo,
+    }
     write_report(Path(out_dir), report, entries, probs, y_true, card.label_set)
     return report

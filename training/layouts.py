@@ -114,8 +114,7 @@ def _read_label_csv(csv_path: Path, root: Path, split: str | None) -> tuple[list
     if image_col is None:
         raise DatasetLayoutError(f"{csv_path}: no image column (one of {', '.join(IMAGE_COLUMNS)})")
     label_cols = [
-        c for c in columns
-        if c != image_col and all((row[c] or "").strip() in ("0", "1", "0.0", "1.0") for row in rows)
+        c for c in columns if c != image_col and all((row[c] or "").strip() in ("0", "1", "0.0", "1.0") for row in rows)
     ]
     label_cols = [c for c in label_cols if normalize_class_name(c) != "No Finding"]
     if not label_cols:
@@ -178,8 +177,9 @@ def _check_file(path: Path, max_pixels: int) -> tuple[str, str | None]:
     return hashlib.sha256(data).hexdigest(), None
 
 
-def scan_dataset(data_dir: str | Path, layout: str = "auto", max_pixels: int = 50_000_000,
-                 threads: int = 4) -> ScannedDataset:
+def scan_dataset(
+    data_dir: str | Path, layout: str = "auto", max_pixels: int = 50_000_000, threads: int = 4
+) -> ScannedDataset:
     root = _unwrap(Path(data_dir).resolve())
     if not root.is_dir():
         raise DatasetLayoutError(f"{data_dir} is not a directory")

@@ -152,8 +152,9 @@ def build_optimizer(model: CXRNet, stage_cfg: StageConfig, saved: dict | None):
     return optimizer, scheduler
 
 
-def build_criterion(cfg: TrainConfig, label_set: LabelSet, train_entries: list[dict],
-                    device: torch.device) -> nn.Module:
+def build_criterion(
+    cfg: TrainConfig, label_set: LabelSet, train_entries: list[dict], device: torch.device
+) -> nn.Module:
     # Weights come from the training split only: validation must not shape the loss.
     weights = class_weights(train_entries, label_set) if cfg.class_weighting else None
     return build_loss(cfg.loss, label_set, weights, cfg.focal_gamma, cfg.label_smoothing).to(device)
@@ -177,10 +178,16 @@ def setup_stage(loop_config: dict) -> StageRun:
     net = place_network(model, device, frozen=stage == "stage1")
     optimizer, scheduler = build_optimizer(model, getattr(cfg, stage), saved)
     loss_fn = build_criterion(cfg, card.label_set, train_entries, device)
-    train_set = ManifestDataset(root, train_entries, card.label_set, card.preprocess_spec,
-                                build_augmentation(cfg.hflip) if cfg.augment else None)
-    return StageRun(cfg, stage, rank, world, device, root, card, net, train_set, val_entries,
-                    loss_fn, optimizer, scheduler, state)
+    train_set = ManifestDataset(
+        root,
+        train_entries,
+        card.label_set,
+        card.preprocess_spec,
+        build_augmentation(cfg.hflip) if cfg.augment else None,
+    )
+    return StageRun(
+        cfg, stage, rank, world, device, root, card, net, train_set, val_entries, loss_fn, optimizer, scheduler, state
+    )
 
 
 def _train_loader(run: StageRun, epoch: int) -> DataLoader:
@@ -191,9 +198,14 @@ def _train_loader(run: StageRun, epoch: int) -> DataLoader:
     else:
         # A seeded order per epoch, so a resumed run sees the same batches it would have seen.
         sampler = RandomSampler(run.train_set, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-    return DataLoader(run.train_set, batch_size=cfg.batch_size, sampler=sampler,
-                      num_workers=cfg.loader_workers, pin_memory=run.device.type == "cuda",
-                      persistent_workers=False)
+    return DataLoader(
+        run.train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.loader_workers,
+        pin_memory=run.device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 def _train_step(run: StageRun, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -214,8 +226,13 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[float, float]:
     loader = _train_loader(run, epoch)
     run.net.trainable.train()
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
-    bar = tqdm(loader, desc=f"{run.stage} epoch {epoch + 1}/{run.stage_cfg.epochs}", mininterval=10,
-               disable=run.rank != 0 or not run.cfg.progress, leave=False)
+    bar = tqdm(
+        loader,
+        desc=f"{run.stage} epoch {epoch + 1}/{run.stage_cfg.epochs}",
+        mininterval=10,
+        disable=run.rank != 0 or not run.cfg.progress,
+        leave=False,
+    )
     for x, y in bar:
         loss = _train_step(run, x, y)
         seen += len(y)
@@ -233,9 +250,11 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[float, float]:
 def _predict_shard(run: StageRun) -> tuple[np.ndarray | None, np.ndarray | None, float]:
     """This worker's share of the validation split: (probabilities, targets, summed loss)."""
     card = run.card
-    loader = DataLoader(ManifestDataset(run.root, run.val_entries[run.rank::run.world], card.label_set,
-                                        card.preprocess_spec),
-                        batch_size=run.cfg.eval_batch_size, num_workers=min(run.cfg.loader_workers, 2))
+    loader = DataLoader(
+        ManifestDataset(run.root, run.val_entries[run.rank :: run.world], card.label_set, card.preprocess_spec),
+        batch_size=run.cfg.eval_batch_size,
+        num_workers=min(run.cfg.loader_workers, 2),
+    )
     run.net.model.eval()
     probs, targets, loss_sum = [], [], 0.0
     for x, y in loader:
@@ -257,8 +276,9 @@ def evaluate(run: StageRun) -> tuple[dict, float]:
     return metrics, sum(p[2] for p in parts) / max(len(all_targets), 1)
 
 
-def record_epoch(run: StageRun, epoch: int, train_loss: float, images_per_s: float,
-                 val: dict, val_loss: float) -> tuple[dict, bool]:
+def record_epoch(
+    run: StageRun, epoch: int, train_loss: float, images_per_s: float, val: dict, val_loss: float
+) -> tuple[dict, bool]:
     """Advance the early-stopping state and history; the epoch's row and whether it is the best."""
     state, score = run.state, val["macro_f1"]
     improved = score > state["best_score"] + 1e-9
@@ -266,10 +286,17 @@ def record_epoch(run: StageRun, epoch: int, train_loss: float, images_per_s: flo
     state["stale"] = 0 if improved else state["stale"] + 1
     state["epoch"] = epoch + 1
     row = {
-        "stage": run.stage, "epoch": epoch + 1, "world_size": run.world, "train_loss": train_loss,
+        "stage": run.stage,
+        "epoch": epoch + 1,
+        "world_size": run.world,
+        "train_loss": train_loss,
         "val_loss": val_loss,
-        "val_accuracy": val["accuracy"], "val_macro_f1": score, "val_macro_roc_auc": val["macro_roc_auc"],
-        "val_ece": val["ece"], "lr": run.scheduler.get_last_lr()[0], "train_images_per_s": images_per_s,
+        "val_accuracy": val["accuracy"],
+        "val_macro_f1": score,
+        "val_macro_roc_auc": val["macro_roc_auc"],
+        "val_ece": val["ece"],
+        "lr": run.scheduler.get_last_lr()[0],
+        "train_images_per_s": images_per_s,
     }
     state["history"].append(row)
     return row, improved
@@ -279,10 +306,12 @@ def _log_epoch(run: StageRun, row: dict, improved: bool) -> None:
     if run.rank != 0:
         return
     auc = "n/a" if row["val_macro_roc_auc"] is None else f"{row['val_macro_roc_auc']:.3f}"
-    log.info(f"[{run.stage}] epoch {row['epoch']}/{run.stage_cfg.epochs} train_loss {row['train_loss']:.4f} "
-             f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f} "
-             f"val_macro_f1 {row['val_macro_f1']:.3f} val_auc {auc} {row['train_images_per_s']:.1f} img/s"
-             f"{' *best*' if improved else ''}")
+    log.info(
+        f"[{run.stage}] epoch {row['epoch']}/{run.stage_cfg.epochs} train_loss {row['train_loss']:.4f} "
+        f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f} "
+        f"val_macro_f1 {row['val_macro_f1']:.3f} val_auc {auc} {row['train_images_per_s']:.1f} img/s"
+        f"{' *best*' if improved else ''}"
+    )
 
 
 def report_epoch(run: StageRun, row: dict, val: dict) -> None:
@@ -295,8 +324,10 @@ def report_epoch(run: StageRun, row: dict, val: dict) -> None:
             card.metrics = {**card.metrics, run.stage: {**row, "val": val}}
             card.created_at = ""  # each epoch's checkpoint is stamped when it is written
             save_checkpoint(run.net.model, card, tmp)
-            torch.save({"state": run.state, "optimizer": run.optimizer.state_dict(),
-                        "scheduler": run.scheduler.state_dict()}, Path(tmp) / TRAIN_STATE_FILE)
+            torch.save(
+                {"state": run.state, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()},
+                Path(tmp) / TRAIN_STATE_FILE,
+            )
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         # Every worker reports (Ray Train requires it); only rank 0's checkpoint is kept.
         ray.train.report(metrics, checkpoint=checkpoint)

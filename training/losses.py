@@ -42,8 +42,9 @@ class FocalLoss(nn.Module):
         return (((1 - p_t) ** self.gamma) * bce).mean()
 
 
-def build_loss(kind: str, label_set: LabelSet, weights: torch.Tensor | None,
-               gamma: float = 2.0, label_smoothing: float = 0.0) -> nn.Module:
+def build_loss(
+    kind: str, label_set: LabelSet, weights: torch.Tensor | None, gamma: float = 2.0, label_smoothing: float = 0.0
+) -> nn.Module:
     if kind == "focal":
         return FocalLoss(label_set.task, gamma, weights)
     if label_set.task == MULTICLASS:

@@ -38,8 +38,15 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
             continue
         conf, acc = confidence[mask].mean(), correct[mask].mean()
         ece += mask.mean() * abs(conf - acc)
-        bins.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": int(mask.sum()),
-                     "confidence": float(conf), "accuracy": float(acc)})
+        bins.append(
+            {
+                "lower": float(edges[i]),
+                "upper": float(edges[i + 1]),
+                "count": int(mask.sum()),
+                "confidence": float(conf),
+                "accuracy": float(acc),
+            }
+        )
     return float(ece), bins
 
 
@@ -63,8 +70,7 @@ def _auc_per_class(y_true, probs, label_set) -> list[float | None]:
 
 def macro_f1(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet) -> float:
     labels = list(range(len(label_set))) if label_set.task == MULTICLASS else None
-    return float(f1_score(y_true, predict_labels(probs, label_set), labels=labels,
-                          average="macro", zero_division=0))
+    return float(f1_score(y_true, predict_labels(probs, label_set), labels=labels, average="macro", zero_division=0))
 
 
 def accuracy(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet) -> float:
@@ -75,8 +81,7 @@ def accuracy(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet) -> floa
     return float((y_pred == y_true).all(axis=1).mean())
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet,
-                           n_bins: int = 15) -> dict:
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet, n_bins: int = 15) -> dict:
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     y_pred = predict_labels(probs, label_set)
     labels = list(range(len(label_set)))
@@ -87,8 +92,13 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_set: Lab
     defined = [a for a in aucs if a is not None]
     ece, bins = expected_calibration_error(*_calibration_inputs(y_true, probs, y_pred, label_set), n_bins)
     per_class = {
-        name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
-               "support": int(support[k]), "roc_auc": aucs[k]}
+        name: {
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "f1": float(f1[k]),
+            "support": int(support[k]),
+            "roc_auc": aucs[k],
+        }
         for k, name in enumerate(label_set.names)
     }
     if label_set.task == MULTICLASS:
@@ -107,13 +117,19 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_set: Lab
     }
 
 
-def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, label_set: LabelSet, metric,
-                 n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    label_set: LabelSet,
+    metric,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``metric(y_true, probs, label_set)`` over images."""
     rng = np.random.default_rng(seed)
     n = len(y_true)
-    values = [metric(y_true[idx], probs[idx], label_set)
-              for idx in (rng.integers(0, n, n) for _ in range(n_resamples))]
+    values = [metric(y_true[idx], probs[idx], label_set) for idx in (rng.integers(0, n, n) for _ in range(n_resamples))]
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 

@@ -29,14 +29,14 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from cxr_model.checkpoint import CARD_FILE, ModelCard, load_network, read_card, save_checkpoint
-from cxr_model.model_card_md import render_model_card
 from cxr_model.classifier import probabilities_from_logits
 from cxr_model.labels import MULTILABEL
+from cxr_model.model_card_md import render_model_card
 from cxr_model.network import build_model
 from cxr_model.preprocessing import PreprocessSpec
 from training.config import TrainConfig, save_config
-from training.layouts import scan_dataset
 from training.evaluate import evaluate_checkpoint, predict_entries
+from training.layouts import scan_dataset
 from training.loop import TRAIN_STATE_FILE, train_stage_loop
 from training.metrics import classification_metrics, fit_temperature, tune_thresholds
 from training.plots import plot_training_curves
@@ -57,8 +57,10 @@ def prepare_data(cfg: TrainConfig, out: Path) -> dict:
 
 
 def _print_data_summary(manifest: dict) -> None:
-    print(f"data: {manifest['layout']} layout, {len(manifest['entries'])} images, "
-          f"{len(manifest['skipped'])} skipped, {manifest['duplicate_files']} duplicate files")
+    print(
+        f"data: {manifest['layout']} layout, {len(manifest['entries'])} images, "
+        f"{len(manifest['skipped'])} skipped, {manifest['duplicate_files']} duplicate files"
+    )
     for split, counts in manifest["counts"].items():
         print(f"  {split:5s} " + ", ".join(f"{label}: {counts.get(label, 0)}" for label in manifest["labels"]))
     for item in manifest["skipped"][:20]:
@@ -89,8 +91,9 @@ def initial_checkpoint(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
         synthetic_demo=cfg.synthetic_demo,
     )
     if cfg.synthetic_demo:
-        card.intended_use = ("SYNTHETIC DEMO MODEL trained on generated images: not for clinical use. "
-                             + card.intended_use)
+        card.intended_use = (
+            "SYNTHETIC DEMO MODEL trained on generated images: not for clinical use. " + card.intended_use
+        )
     save_checkpoint(model, card, directory)
     return directory
 
@@ -104,17 +107,21 @@ def run_stage(cfg: TrainConfig, stage: str, init: Path, out: Path) -> Path:
     trainer = TorchTrainer(
         train_stage_loop,
         train_loop_config={
-            "train_config": cfg.to_dict(), "stage": stage,
-            "init_checkpoint": str(init), "manifest_path": str(out / "split_manifest.json"),
+            "train_config": cfg.to_dict(),
+            "stage": stage,
+            "init_checkpoint": str(init),
+            "manifest_path": str(out / "split_manifest.json"),
         },
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **gpu}),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker, **gpu}
+        ),
         run_config=RunConfig(
             name=stage,
             storage_path=str((out / "ray").resolve()),
             # Ray also always keeps the latest checkpoint, which resuming needs.
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_macro_f1",
-                                               checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val_macro_f1", checkpoint_score_order="max"
+            ),
             failure_config=FailureConfig(max_failures=2),
         ),
     )
@@ -134,29 +141,46 @@ def run_stage(cfg: TrainConfig, stage: str, init: Path, out: Path) -> Path:
 def finalize(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
     """Final checkpoint from stage 2's best: thresholds tuned (multilabel), test report written."""
     model, card = load_network(out / "stage2" / "best")
-    logits, y_true = predict_entries(model, card, Path(manifest["root"]), split_entries(manifest, "val"),
-                                     cfg.eval_batch_size, logits=True)
+    logits, y_true = predict_entries(
+        model, card, Path(manifest["root"]), split_entries(manifest, "val"), cfg.eval_batch_size, logits=True
+    )
     # Calibrate first: multi-label thresholds are tuned on the probabilities that will be served.
     card.calibration_temperature = fit_temperature(logits, y_true, card.task)
     probs = probabilities_from_logits(torch.from_numpy(logits), card.task, card.calibration_temperature).numpy()
     card.metrics["calibration"] = {
-        "method": "temperature scaling on the validation split", "temperature": card.calibration_temperature,
+        "method": "temperature scaling on the validation split",
+        "temperature": card.calibration_temperature,
         "val_ece_before": classification_metrics(
-            y_true, probabilities_from_logits(torch.from_numpy(logits), card.task).numpy(), card.label_set)["ece"],
-        "val_ece_after": classification_metrics(y_true, probs, card.label_set)["ece"]}
+            y_true, probabilities_from_logits(torch.from_numpy(logits), card.task).numpy(), card.label_set
+        )["ece"],
+        "val_ece_after": classification_metrics(y_true, probs, card.label_set)["ece"],
+    }
     if card.task == MULTILABEL:
         card.thresholds = tune_thresholds(y_true, probs)
     final = out / "checkpoint"
-    card.scope = fit_and_measure(model, card, manifest, final, cfg.scope_false_rejection,
-                                 cfg.scope_ood_per_kind, cfg.split_seed)
+    card.scope = fit_and_measure(
+        model, card, manifest, final, cfg.scope_false_rejection, cfg.scope_ood_per_kind, cfg.split_seed
+    )
     card.created_at = ""
     save_checkpoint(model, card, final)
     test = split_entries(manifest, "test")
     if test:
-        report = evaluate_checkpoint(final, Path(manifest["root"]), test, out / "evaluation",
-                                     batch_size=cfg.eval_batch_size, split_name="test")
-        card.metrics["test"] = {k: report[k] for k in ("n", "accuracy", "accuracy_ci95", "macro_f1",
-                                                       "macro_f1_ci95", "macro_roc_auc", "ece", "low_confidence_rate")}
+        report = evaluate_checkpoint(
+            final, Path(manifest["root"]), test, out / "evaluation", batch_size=cfg.eval_batch_size, split_name="test"
+        )
+        card.metrics["test"] = {
+            k: report[k]
+            for k in (
+                "n",
+                "accuracy",
+                "accuracy_ci95",
+                "macro_f1",
+                "macro_f1_ci95",
+                "macro_roc_auc",
+                "ece",
+                "low_confidence_rate",
+            )
+        }
         card.metrics["test"]["ece_before_calibration"] = report["calibration"]["ece_before"]
         card.created_at = ""
         save_checkpoint(model, card, final)

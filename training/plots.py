@@ -70,14 +70,27 @@ def plot_reliability(bins: list[dict], ece: float, path: Path, before: tuple[lis
     """Calibrated reliability bars; with ``before`` also the uncalibrated curve, for comparison."""
     fig, ax = plt.subplots(figsize=(5, 5))
     if before and before[0]:
-        ax.plot([b["confidence"] for b in before[0]], [b["accuracy"] for b in before[0]], "s-", color="tab:red",
-                markersize=3, linewidth=1, label=f"before temperature scaling (ECE {before[1]:.3f})")
+        ax.plot(
+            [b["confidence"] for b in before[0]],
+            [b["accuracy"] for b in before[0]],
+            "s-",
+            color="tab:red",
+            markersize=3,
+            linewidth=1,
+            label=f"before temperature scaling (ECE {before[1]:.3f})",
+        )
     if bins:
         centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
         width = bins[0]["upper"] - bins[0]["lower"]
         ax.bar(centers, [b["accuracy"] for b in bins], width=width * 0.9, alpha=0.7, label="accuracy")
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black",
-                markersize=3, label="mean confidence")
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            "o",
+            color="black",
+            markersize=3,
+            label="mean confidence",
+        )
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -19,21 +19,31 @@ import torch
 from cxr_model.checkpoint import sha256_file
 from cxr_model.classifier import Classifier
 from cxr_model.preprocessing import levels_to_unit, normalize, open_image, resize_levels
-from cxr_model.scope import GATE_FILE, SCOPE_VERSION, FeatureGate, ImageLimits, ScopeVerdict, check_image, \
-    fit_feature_gate
+from cxr_model.scope import (
+    GATE_FILE,
+    SCOPE_VERSION,
+    FeatureGate,
+    ImageLimits,
+    ScopeVerdict,
+    check_image,
+    fit_feature_gate,
+)
 from training.synthetic import OUT_OF_SCOPE_KINDS, render_out_of_scope
 
-METHOD = ("Image checks (colour, blank, noise) on every upload, then the Mahalanobis distance of the "
-          "backbone's pooled features from the training split's (Ledoit-Wolf covariance), thresholded at "
-          "the validation split's {quantile:.0%} quantile.")
+METHOD = (
+    "Image checks (colour, blank, noise) on every upload, then the Mahalanobis distance of the "
+    "backbone's pooled features from the training split's (Ledoit-Wolf covariance), thresholded at "
+    "the validation split's {quantile:.0%} quantile."
+)
 
 
 def _images(root: Path, entries: list[dict], max_pixels: int):
     return [open_image((root / e["path"]).read_bytes(), max_pixels) for e in entries]
 
 
-def assess(classifier: Classifier, limits: ImageLimits, gate: FeatureGate | None, images,
-           batch_size: int = 32) -> tuple[list[ScopeVerdict], np.ndarray]:
+def assess(
+    classifier: Classifier, limits: ImageLimits, gate: FeatureGate | None, images, batch_size: int = 32
+) -> tuple[list[ScopeVerdict], np.ndarray]:
     """The serving path's verdict for each image: image checks first, then the feature gate."""
     spec = classifier.card.preprocess_spec
     verdicts: list[ScopeVerdict | None] = []
@@ -44,7 +54,7 @@ def assess(classifier: Classifier, limits: ImageLimits, gate: FeatureGate | None
         verdicts.append(None if verdict.in_scope and gate is not None else verdict)
         tensors.append(normalize(torch.from_numpy(levels_to_unit(levels)), spec))
     for start in range(0, len(tensors), batch_size):
-        all_features.append(classifier.predict_with_features(torch.stack(tensors[start:start + batch_size]))[1])
+        all_features.append(classifier.predict_with_features(torch.stack(tensors[start : start + batch_size]))[1])
     features = np.concatenate(all_features) if all_features else np.zeros((0, 0), np.float32)
     if gate is not None:
         pending = [i for i, v in enumerate(verdicts) if v is None]
@@ -59,8 +69,9 @@ def _rates(verdicts: list[ScopeVerdict]) -> dict:
     return {"n": len(verdicts), "refused": len(refused), "refused_by": by_reason}
 
 
-def fit_and_measure(model, card, manifest: dict, directory: Path, false_rejection: float,
-                    ood_per_kind: int, seed: int = 0) -> dict:
+def fit_and_measure(
+    model, card, manifest: dict, directory: Path, false_rejection: float, ood_per_kind: int, seed: int = 0
+) -> dict:
     """Fit the gate into ``directory`` (the final checkpoint) and return the card's ``scope`` section."""
     classifier = Classifier(model, card)
     limits = ImageLimits()
@@ -89,14 +100,21 @@ def fit_and_measure(model, card, manifest: dict, directory: Path, false_rejectio
         "version": SCOPE_VERSION,
         "method": METHOD.format(quantile=1 - false_rejection),
         "image_limits": limits.to_dict(),
-        "feature_gate": {"file": GATE_FILE, "sha256": sha256_file(directory / GATE_FILE),
-                         "threshold": gate.threshold, "target_false_rejection": false_rejection,
-                         "fitted_on": f"train split, {len(train_features)} images",
-                         "threshold_from": f"val split, {len(val_features)} images",
-                         "feature_dim": int(train_features.shape[1])},
-        "rates": {"chest_radiographs": chest, "out_of_scope": unrelated,
-                  "out_of_scope_source": "generated pictures (training.synthetic.render_out_of_scope), "
-                                         f"{ood_per_kind} per kind"},
+        "feature_gate": {
+            "file": GATE_FILE,
+            "sha256": sha256_file(directory / GATE_FILE),
+            "threshold": gate.threshold,
+            "target_false_rejection": false_rejection,
+            "fitted_on": f"train split, {len(train_features)} images",
+            "threshold_from": f"val split, {len(val_features)} images",
+            "feature_dim": int(train_features.shape[1]),
+        },
+        "rates": {
+            "chest_radiographs": chest,
+            "out_of_scope": unrelated,
+            "out_of_scope_source": "generated pictures (training.synthetic.render_out_of_scope), "
+            f"{ood_per_kind} per kind",
+        },
     }
 
 

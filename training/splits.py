@@ -73,18 +73,22 @@ def build_manifest(dataset: ScannedDataset, fractions=(0.7, 0.2, 0.1), seed: int
     samples = [s for s in dataset.samples if s.sha256 not in conflicted]
     skipped = dataset.skipped + [
         {"path": s.path, "reason": "duplicate_with_conflicting_labels"}
-        for s in dataset.samples if s.sha256 in conflicted
+        for s in dataset.samples
+        if s.sha256 in conflicted
     ]
     fixed = all(s.split is not None for s in samples)
     assignment = _fixed_splits(samples) if fixed else assign_splits(samples, fractions, seed)
     entries = sorted(
-        ({"path": s.path, "labels": list(s.labels), "sha256": s.sha256, "split": assignment[s.sha256]}
-         for s in samples),
+        (
+            {"path": s.path, "labels": list(s.labels), "sha256": s.sha256, "split": assignment[s.sha256]}
+            for s in samples
+        ),
         key=lambda e: e["path"],
     )
     copies = Counter(s.sha256 for s in samples)
-    counts = {split: dict(Counter(label for e in entries if e["split"] == split for label in e["labels"]))
-              for split in SPLITS}
+    counts = {
+        split: dict(Counter(label for e in entries if e["split"] == split for label in e["labels"])) for split in SPLITS
+    }
     manifest = {
         "root": str(dataset.root),
         "layout": dataset.layout,

@@ -89,8 +89,9 @@ def render_chest(label: str, rng: np.random.Generator, size: int = SIZE) -> np.n
     return np.clip(img, 0.0, 1.0)
 
 
-def make_demo_dataset(out: str | Path, per_class: int = 50, seed: int = 0,
-                      rgb_fraction: float = 0.15, duplicates: int = 0) -> dict[str, int]:
+def make_demo_dataset(
+    out: str | Path, per_class: int = 50, seed: int = 0, rgb_fraction: float = 0.15, duplicates: int = 0
+) -> dict[str, int]:
     """Write the Kaggle layout under ``out``; returns images written per label.
 
     ``duplicates`` byte-identical copies per class are added under new names,
@@ -137,8 +138,11 @@ def _photo(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(rng.integers(3, 8)):
         cx, cy = rng.uniform(-0.8, 0.8, size=2)
         rx, ry = rng.uniform(0.08, 0.4, size=2)
-        shape = _ellipse(xx, yy, cx, cy, rx, ry) if rng.random() < 0.5 else (
-            (np.abs(xx - cx) < rx) & (np.abs(yy - cy) < ry))
+        shape = (
+            _ellipse(xx, yy, cx, cy, rx, ry)
+            if rng.random() < 0.5
+            else ((np.abs(xx - cx) < rx) & (np.abs(yy - cy) < ry))
+        )
         img[shape] = rng.uniform(0, 1, size=3)
     img = ndimage.gaussian_filter(img, sigma=(1.0, 1.0, 0))
     return np.clip(img + rng.normal(0, 0.02, size=img.shape), 0, 1).astype(np.float32)
@@ -188,8 +192,11 @@ def render_out_of_scope(kind: str, rng: np.random.Generator, size: int = SIZE) -
         level = rng.uniform(0.0, 1.0)
         pixels = np.clip(level + rng.normal(0, 0.004, size=(size, size)), 0, 1)
     elif kind == "noise":
-        pixels = rng.uniform(0, 1, size=(size, size)) if rng.random() < 0.5 else \
-            np.clip(rng.normal(0.5, 0.2, size=(size, size)), 0, 1)
+        pixels = (
+            rng.uniform(0, 1, size=(size, size))
+            if rng.random() < 0.5
+            else np.clip(rng.normal(0.5, 0.2, size=(size, size)), 0, 1)
+        )
     elif kind == "limb_radiograph":
         pixels = _limb(rng, size)
     elif kind == "skull_radiograph":

@@ -28,13 +28,13 @@ FORM_FIELDS = ("patient_id", "image")
 FIELD_MESSAGES = {
     "missing_patient_id": "Enter the patient ID (a DICOM file's own Patient ID is used when left empty).",
     "bad_patient_id": "Use only letters, digits, '.', '_' or '-' in the patient ID (up to 64, starting with a "
-                      "letter or digit).",
+    "letter or digit).",
     "missing_image": "Choose the chest X-ray image file.",
     "not_an_image": "This file is not a PNG, JPEG or DICOM image. Choose the X-ray image file.",
     "empty": "This file is empty. Choose the X-ray image file.",
     "truncated": "This image file is incomplete (truncated). Export it again and retry.",
     "trailing_data": "This file carries extra data after the image (damaged, or another file hidden in it). "
-                     "Export the image again and retry.",
+    "Export the image again and retry.",
     "too_large": "This file is larger than the upload limit.",
     "too_many_pixels": "This image has more pixels than the service accepts.",
     "dicom_no_pixels": "This DICOM file holds no image.",
@@ -79,28 +79,41 @@ def data_uri(png: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(png).decode('ascii')}"
 
 
-def probability_rows(probabilities: dict, labels: list[str], thresholds: list[float] | None = None,
-                     positives: list[str] | None = None) -> list[dict]:
+def probability_rows(
+    probabilities: dict, labels: list[str], thresholds: list[float] | None = None, positives: list[str] | None = None
+) -> list[dict]:
     """One row per label, in the model's label order, for the confidence bars."""
     thresholds = list(thresholds or [])
     rows = []
     for i, label in enumerate(labels):
-        rows.append({"label": label, "probability": float(probabilities.get(label, 0.0)),
-                     "threshold": thresholds[i] if i < len(thresholds) else None,
-                     "positive": label in (positives or [])})
+        rows.append(
+            {
+                "label": label,
+                "probability": float(probabilities.get(label, 0.0)),
+                "threshold": thresholds[i] if i < len(thresholds) else None,
+                "positive": label in (positives or []),
+            }
+        )
     return rows
 
 
 def card_summary(model: dict) -> list[tuple[str, str]]:
     """The model fields a reviewer needs beside a result (name, version, provenance)."""
-    fields = [("Model", model.get("name")), ("Version", model.get("version")),
-              ("Backbone", model.get("backbone")), ("Task", model.get("task")),
-              ("Weights sha256", short_hash(model.get("weights_sha256"))),
-              ("Preprocessing", model.get("preprocessing_version")),
-              ("Calibration temperature", f"{model['calibration_temperature']:.3f}"
-               if model.get("calibration_temperature") is not None else None),
-              ("Thresholds", ", ".join(f"{t:.2f}" for t in model["thresholds"]) if model.get("thresholds") else None),
-              ("Code version", model.get("code_version")), ("Runtime", model.get("runtime"))]
+    fields = [
+        ("Model", model.get("name")),
+        ("Version", model.get("version")),
+        ("Backbone", model.get("backbone")),
+        ("Task", model.get("task")),
+        ("Weights sha256", short_hash(model.get("weights_sha256"))),
+        ("Preprocessing", model.get("preprocessing_version")),
+        (
+            "Calibration temperature",
+            f"{model['calibration_temperature']:.3f}" if model.get("calibration_temperature") is not None else None,
+        ),
+        ("Thresholds", ", ".join(f"{t:.2f}" for t in model["thresholds"]) if model.get("thresholds") else None),
+        ("Code version", model.get("code_version")),
+        ("Runtime", model.get("runtime")),
+    ]
     return [(k, str(v)) for k, v in fields if v]
 
 
@@ -108,8 +121,12 @@ def headline_metrics(metrics: dict) -> list[tuple[str, str]]:
     """Test-split figures from a model card's metrics, with 95% CIs where recorded."""
     test = metrics.get("test") or {}
     rows = []
-    for key, name in (("accuracy", "Accuracy"), ("macro_f1", "Macro F1"), ("macro_roc_auc", "Macro ROC-AUC"),
-                      ("ece", "Expected calibration error")):
+    for key, name in (
+        ("accuracy", "Accuracy"),
+        ("macro_f1", "Macro F1"),
+        ("macro_roc_auc", "Macro ROC-AUC"),
+        ("ece", "Expected calibration error"),
+    ):
         if key in test:
             text = percent(test[key]) if key != "ece" else f"{test[key]:.3f}"
             ci = test.get(f"{key}_ci95")
@@ -125,12 +142,22 @@ class PageRenderer:
     """Renders templates with the globals every page needs (notice, htmx file, demo flag)."""
 
     def __init__(self, notice: str, demo_notice: str):
-        self.env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=select_autoescape(default=True),
-                               undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.env = Environment(
+            loader=FileSystemLoader(TEMPLATE_DIR),
+            autoescape=select_autoescape(default=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         self.env.filters.update(percent=percent, when=when, short_hash=short_hash)
-        self.env.globals.update(notice=notice, demo_notice=demo_notice, htmx_file=HTMX_FILE,
-                                fields=FORM_FIELDS, probability_rows=probability_rows,
-                                card_summary=card_summary)
+        self.env.globals.update(
+            notice=notice,
+            demo_notice=demo_notice,
+            htmx_file=HTMX_FILE,
+            fields=FORM_FIELDS,
+            probability_rows=probability_rows,
+            card_summary=card_summary,
+        )
 
     def render(self, template: str, **context) -> str:
         context.setdefault("synthetic_demo", False)

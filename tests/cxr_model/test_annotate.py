@@ -25,7 +25,7 @@ def test_annotation_banner_scales_with_the_image_and_keeps_the_rest():
         array = np.asarray(out)
         banners[size] = int(np.argmax((array[:, -1] == 90).all(axis=1)))  # first untouched row
         assert 0 < banners[size] < 0.3 * size  # readable, yet most of the image stays visible
-        assert (array[banners[size]:] == 90).all()  # below the banner the image is untouched
+        assert (array[banners[size] :] == 90).all()  # below the banner the image is untouched
         assert Image.open(io.BytesIO(to_png(out))).size == (size, size)
     assert banners[1200] >= 3 * banners[120]  # text grows with the image
 

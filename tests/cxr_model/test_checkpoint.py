@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from cxr_model.checkpoint import CheckpointError, read_card, save_checkpoint, sha256_file
-from cxr_model.classifier import load_checkpoint
-from cxr_model.classifier import Classifier
+from cxr_model.classifier import Classifier, load_checkpoint
 from cxr_model.labels import MULTILABEL, NIH14
 from cxr_model.network import build_model
 from tests.helpers import make_card
@@ -31,8 +30,20 @@ def test_round_trip_gives_bit_identical_probabilities(tmp_path):
 def test_model_card_records_what_an_auditor_needs(tmp_checkpoint_card):
     directory, card = tmp_checkpoint_card
     stored = json.loads((directory / "model_card.json").read_text())
-    for key in ("backbone", "task", "labels", "thresholds", "preprocessing", "training_config",
-                "data_manifest_sha256", "split_seed", "metrics", "weights_sha256", "created_at", "code_version"):
+    for key in (
+        "backbone",
+        "task",
+        "labels",
+        "thresholds",
+        "preprocessing",
+        "training_config",
+        "data_manifest_sha256",
+        "split_seed",
+        "metrics",
+        "weights_sha256",
+        "created_at",
+        "code_version",
+    ):
         assert key in stored
     assert stored["weights_sha256"] == sha256_file(directory / "weights.pt")
     assert stored["preprocessing"]["input_size"] == 64

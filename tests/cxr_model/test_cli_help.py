@@ -48,8 +48,9 @@ def test_every_argument_has_help_stating_its_default(command, parser):
         help_text = formatter._expand_help(action) if action.help else ""
         assert help_text.strip(), f"{command} {name} has no help"
         if action.default not in (None, False):
-            assert "default" in help_text and str(action.default) in help_text, \
+            assert "default" in help_text and str(action.default) in help_text, (
                 f"{command} {name}: help does not state the default {action.default!r}: {help_text!r}"
+            )
         elif action.option_strings and not action.required and not _in_a_required_group(parser, action):
             # No value to print, so the help must say what happens without the flag.
             assert "default" in help_text, f"{command} {name}: help does not say what the default is"

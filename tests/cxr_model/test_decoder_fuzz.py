@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_image, preprocess
 from tests.helpers import FUZZ_SEEDS as SEEDS
@@ -34,8 +30,11 @@ def test_arbitrary_bytes(data):
 # pydicom warns when a flipped byte changes the VR encoding it guessed; that is the point here.
 @pytest.mark.filterwarnings("ignore:Expected (im|ex)plicit VR:UserWarning")
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
-       st.integers(0, 10_000))
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
+    st.integers(0, 10_000),
+)
 def test_mutated_real_files(seed, flips, cut):
     """Valid PNG, JPEG and DICOM files with bytes flipped and the tail cut: corrupt uploads."""
     data = bytearray(seed)

@@ -15,7 +15,7 @@ MAX = 50_000_000
 
 def ramp(bits: int, shape=(48, 64)) -> np.ndarray:
     """Left-to-right ramp over the whole stored range, so orientation and contrast are checkable."""
-    top = 2 ** bits - 1
+    top = 2**bits - 1
     row = np.linspace(0, top, shape[1]).round()
     return np.tile(row, (shape[0], 1)).astype(np.uint8 if bits <= 8 else np.uint16)
 
@@ -75,14 +75,17 @@ def torch_finite(x) -> bool:
     return bool(x.isfinite().all())
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"with_pixels": False}, "dicom_no_pixels"),
-    ({"modality": "CT"}, "dicom_modality"),
-    ({"body_part": "KNEE"}, "dicom_not_chest"),
-    ({"syntax": "1.2.840.10008.1.2.4.100"}, "dicom_unsupported_syntax"),  # MPEG2: no decoder
-    ({"declared_shape": (60_000, 60_000)}, "too_many_pixels"),
-    ({"photometric": "RGB"}, "dicom_not_greyscale"),
-])
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"with_pixels": False}, "dicom_no_pixels"),
+        ({"modality": "CT"}, "dicom_modality"),
+        ({"body_part": "KNEE"}, "dicom_not_chest"),
+        ({"syntax": "1.2.840.10008.1.2.4.100"}, "dicom_unsupported_syntax"),  # MPEG2: no decoder
+        ({"declared_shape": (60_000, 60_000)}, "too_many_pixels"),
+        ({"photometric": "RGB"}, "dicom_not_greyscale"),
+    ],
+)
 def test_header_problems_are_refused_before_any_pixel_is_decoded(change, reason):
     data = make_dicom(ramp(12), bits_stored=12, **change)
     with pytest.raises(ImageDecodeError) as caught:
@@ -90,6 +93,7 @@ def test_header_problems_are_refused_before_any_pixel_is_decoded(change, reason)
     assert caught.value.reason == reason
     if reason != "dicom_no_pixels":
         from cxr_model.dicom import DicomError
+
         with pytest.raises(DicomError):
             read_header(data, MAX)
 

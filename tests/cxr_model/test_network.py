@@ -7,9 +7,17 @@ import torchvision
 from cxr_model.network import WeightsUnavailableError, build_model
 
 
-@pytest.mark.parametrize("backbone", [
-    "densenet161", "densenet121", "densenet169", "resnet50", "mobilenet_v2", "efficientnet_b0",
-])
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "densenet161",
+        "densenet121",
+        "densenet169",
+        "resnet50",
+        "mobilenet_v2",
+        "efficientnet_b0",
+    ],
+)
 def test_backbones_get_a_head_sized_to_the_labels(backbone):
     model = build_model(backbone, 5, "none").eval()
     with torch.no_grad():
@@ -34,8 +42,7 @@ def test_local_torchvision_state_dict_is_loaded_without_its_imagenet_head(tmp_pa
 
 def test_old_densenet_key_names_are_remapped(tmp_path):
     source = torchvision.models.densenet121(weights=None)
-    legacy = {k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2."): v
-              for k, v in source.state_dict().items()}
+    legacy = {k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2."): v for k, v in source.state_dict().items()}
     assert any(".norm.1." in k for k in legacy)
     path = tmp_path / "legacy.pth"
     torch.save(legacy, path)

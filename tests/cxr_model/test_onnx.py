@@ -24,7 +24,8 @@ def test_onnx_runtime_matches_torch(exported):
     x = torch.randn(4, 3, 64, 64)
     np.testing.assert_allclose(onnx_classifier.predict_batch(x), torch_classifier.predict_batch(x), atol=1e-4)
     assert onnx_classifier.positives(onnx_classifier.predict_batch(x[:1])) == torch_classifier.positives(
-        torch_classifier.predict_batch(x[:1]))
+        torch_classifier.predict_batch(x[:1])
+    )
 
 
 def test_a_stale_export_is_never_used(exported, tmp_path):

@@ -7,7 +7,12 @@ from PIL import Image
 
 from cxr_model.formats import ImageDecodeError, sniff_format, trailing_bytes
 from cxr_model.preprocessing import (
-    IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, decode_grayscale, open_image, preprocess,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PreprocessSpec,
+    decode_grayscale,
+    open_image,
+    preprocess,
 )
 from tests.helpers import png_bytes
 
@@ -17,7 +22,7 @@ SPEC = PreprocessSpec(input_size=32)
 def expected_for_gray(level: float) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((torch.full((1, 32, 32), level) - mean) / std)
+    return (torch.full((1, 32, 32), level) - mean) / std
 
 
 def test_uniform_8bit_image_normalises_per_channel():
@@ -45,11 +50,14 @@ def test_jpeg_is_decoded():
     assert abs(float(out.mean()) - 200 / 255) < 0.01
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty"),
-    (b"hello, not an image at all", "not_an_image"),
-    (b"GIF89a" + b"\0" * 100, "not_an_image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"hello, not an image at all", "not_an_image"),
+        (b"GIF89a" + b"\0" * 100, "not_an_image"),
+    ],
+)
 def test_unusable_bytes_raise_typed_errors(data, reason):
     with pytest.raises(ImageDecodeError) as error:
         preprocess(data, SPEC)
@@ -84,8 +92,9 @@ def test_decompression_bomb_warnings_are_errors_even_under_a_generous_pixel_limi
 
     # 10000 x 10000: above Pillow's MAX_IMAGE_PIXELS (warning band), below twice it (no Pillow error).
     ihdr = (10000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-            + chunk(b"IEND", b""))
+    bomb = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageDecodeError) as caught:
         open_image(bomb, max_pixels=10**9)
     assert caught.value.reason == "too_many_pixels"

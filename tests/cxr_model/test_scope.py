@@ -13,7 +13,14 @@ from PIL import Image
 from cxr_model.checkpoint import read_card
 from cxr_model.preprocessing import open_image, resize_levels
 from cxr_model.scope import (
-    GATE_FILE, REASONS, FeatureGate, ImageLimits, ScopeGateError, check_image, fit_feature_gate, load_scope,
+    GATE_FILE,
+    REASONS,
+    FeatureGate,
+    ImageLimits,
+    ScopeGateError,
+    check_image,
+    fit_feature_gate,
+    load_scope,
 )
 from training.synthetic import OUT_OF_SCOPE_KINDS, render_chest, render_out_of_scope
 
@@ -37,16 +44,20 @@ def chest(seed: int) -> Image.Image:
 def test_chest_radiographs_pass_the_image_checks_in_every_form():
     for seed in range(24):
         image = chest(seed)
-        forms = {"L": image, "RGB": image.convert("RGB"),
-                 "RGB JPEG": encoded(image.convert("RGB"), "JPEG", quality=80),
-                 "16-bit": Image.fromarray((np.asarray(image, dtype=np.uint16) * 257)).convert("I;16")}
+        forms = {
+            "L": image,
+            "RGB": image.convert("RGB"),
+            "RGB JPEG": encoded(image.convert("RGB"), "JPEG", quality=80),
+            "16-bit": Image.fromarray((np.asarray(image, dtype=np.uint16) * 257)).convert("I;16"),
+        }
         for form, picture in forms.items():
             result = verdict(picture)
             assert result.in_scope, (seed, form, result.measures)
 
 
-@pytest.mark.parametrize("kind, reason", [("colour_photo", "colour_image"), ("blank", "blank_image"),
-                                          ("noise", "noise_image")])
+@pytest.mark.parametrize(
+    "kind, reason", [("colour_photo", "colour_image"), ("blank", "blank_image"), ("noise", "noise_image")]
+)
 def test_photos_blank_and_noise_fail_the_image_checks_with_their_reason(kind, reason):
     rng = np.random.default_rng(3)
     for _ in range(12):

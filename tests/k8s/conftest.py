@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -47,8 +46,18 @@ def to_json_schema(node: dict) -> dict:
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     elif "type" in node:
         out["type"] = [node["type"], "null"] if node.get("nullable") else node["type"]
-    for key in ("enum", "pattern", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems",
-                "required", "format"):
+    for key in (
+        "enum",
+        "pattern",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "required",
+        "format",
+    ):
         if key in node:
             out[key] = node[key]
     for key in ("anyOf", "oneOf", "allOf"):
@@ -78,9 +87,11 @@ def _key(doc: dict) -> tuple:
 def _matches(doc: dict, target: dict) -> bool:
     group_version = doc["apiVersion"]
     group = group_version.split("/")[0] if "/" in group_version else ""
-    return (target.get("kind", doc["kind"]) == doc["kind"]
-            and target.get("name", doc["metadata"]["name"]) == doc["metadata"]["name"]
-            and target.get("group", group) == group)
+    return (
+        target.get("kind", doc["kind"]) == doc["kind"]
+        and target.get("name", doc["metadata"]["name"]) == doc["metadata"]["name"]
+        and target.get("group", group) == group
+    )
 
 
 def render_fallback(directory: Path) -> list[dict]:
@@ -96,8 +107,14 @@ def render_fallback(directory: Path) -> list[dict]:
             name, _, source = item.partition("=")
             data[name] = (directory / source).read_text()
         labels = generator.get("options", {}).get("labels", {})
-        docs.append({"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": generator["name"], "labels": dict(labels)}, "data": data})
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": generator["name"], "labels": dict(labels)},
+                "data": data,
+            }
+        )
     for patch in kustomization.get("patches", []):
         body = yaml.safe_load((directory / patch["path"]).read_text())
         if isinstance(body, dict) and body.get("$patch") == "delete":

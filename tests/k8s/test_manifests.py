@@ -19,13 +19,23 @@ from serve.app import AppArgs
 from serve.config_check import unknown_keys
 from tests.helpers import skip_or_fail_in_ci
 from tests.k8s.conftest import (
-    K8S, OVERLAYS, ROOT, by_kind, crd_schema, render_fallback, render_kubectl, shared_file,
+    K8S,
+    OVERLAYS,
+    ROOT,
+    by_kind,
+    crd_schema,
+    render_fallback,
+    render_kubectl,
+    shared_file,
 )
 from training.config import add_train_arguments
 
-CRDS = {"RayService": "kuberay-crds/ray.io_rayservices.yaml", "RayJob": "kuberay-crds/ray.io_rayjobs.yaml",
-        "RayCluster": "kuberay-crds/ray.io_rayclusters.yaml",
-        "PodMonitor": "prometheus-crds/monitoring.coreos.com_podmonitors.yaml"}
+CRDS = {
+    "RayService": "kuberay-crds/ray.io_rayservices.yaml",
+    "RayJob": "kuberay-crds/ray.io_rayjobs.yaml",
+    "RayCluster": "kuberay-crds/ray.io_rayclusters.yaml",
+    "PodMonitor": "prometheus-crds/monitoring.coreos.com_podmonitors.yaml",
+}
 DEPLOYMENTS = {"BatchedClassifier", "ResultStore", "Ingress"}
 
 
@@ -65,19 +75,38 @@ def test_rendered_custom_resources_validate_against_the_real_crds(overlay, kind)
 def test_the_ray_cluster_inside_a_rayservice_is_a_valid_raycluster_spec(overlay):
     _, docs = overlay
     (service,) = by_kind(docs, "RayService")
-    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "check"},
-               "spec": service["spec"]["rayClusterConfig"]}
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "check"},
+        "spec": service["spec"]["rayClusterConfig"],
+    }
     assert not list(validator("RayCluster").iter_errors(cluster))
 
 
-@pytest.mark.parametrize("where,kind", [
-    (("spec", "colour"), "RayService"),
-    (("spec", "rayClusterConfig", "headGroupSpec", "rayStartParam"), "RayService"),
-    (("spec", "rayClusterConfig", "workerGroupSpecs", 0, "template", "spec", "containers", 0, "imagePullPolicyy"),
-     "RayService"),
-    (("spec", "shutdownAfterJobFinish"), "RayJob"),
-    (("spec", "podMetricsEndpoint"), "PodMonitor"),
-])
+@pytest.mark.parametrize(
+    "where,kind",
+    [
+        (("spec", "colour"), "RayService"),
+        (("spec", "rayClusterConfig", "headGroupSpec", "rayStartParam"), "RayService"),
+        (
+            (
+                "spec",
+                "rayClusterConfig",
+                "workerGroupSpecs",
+                0,
+                "template",
+                "spec",
+                "containers",
+                0,
+                "imagePullPolicyy",
+            ),
+            "RayService",
+        ),
+        (("spec", "shutdownAfterJobFinish"), "RayJob"),
+        (("spec", "podMetricsEndpoint"), "PodMonitor"),
+    ],
+)
 def test_unknown_fields_fail_validation(overlay, where, kind):
     name, docs = overlay
     found = by_kind(docs, kind)
@@ -123,8 +152,12 @@ def by_kind_group(service: dict, group: str) -> dict | None:
 
 
 def test_serve_config_blocks_are_generated_from_the_root_serve_config():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "kube_serve_config.py"), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "kube_serve_config.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -156,8 +189,9 @@ def test_serving_cluster_shape_probes_shutdown_and_secrets(overlay):
     assert spec["upgradeStrategy"]["type"] == "NewCluster"
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    graceful = max(d.get("graceful_shutdown_timeout_s", 20)
-                   for d in serve_config(service)["applications"][0]["deployments"])
+    graceful = max(
+        d.get("graceful_shutdown_timeout_s", 20) for d in serve_config(service)["applications"][0]["deployments"]
+    )
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         pod = group["template"]["spec"]

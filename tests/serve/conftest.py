@@ -40,9 +40,19 @@ class MongoServer:
     def start(self) -> None:
         command = str(Path(sys.executable).with_name("secantusd-py"))
         self.process = subprocess.Popen(
-            [command, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.storage),
-             "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.storage),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -116,9 +126,15 @@ def service(ray_cluster, mongo_server, tiny_checkpoint):
     from ray import serve
 
     port = free_port()
-    env = {"CXR_MONGODB_URI": mongo_server.uri, "CXR_MONGODB_DATABASE": "cxr_test",
-           "CXR_MONGODB_TIMEOUT_MS": "1500", "CXR_AUTH": "api_key", "CXR_PSEUDONYM_KEY": PSEUDONYM_KEY,
-           "CXR_SESSION_SECRET": "test-session-secret-0123456789abcdef", "CXR_KEY_CACHE_S": str(KEY_CACHE_S)}
+    env = {
+        "CXR_MONGODB_URI": mongo_server.uri,
+        "CXR_MONGODB_DATABASE": "cxr_test",
+        "CXR_MONGODB_TIMEOUT_MS": "1500",
+        "CXR_AUTH": "api_key",
+        "CXR_PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "CXR_SESSION_SECRET": "test-session-secret-0123456789abcdef",
+        "CXR_KEY_CACHE_S": str(KEY_CACHE_S),
+    }
     # The suite's own key, made the way an administrator does (`cxr keys create`), with a limit
     # high enough for the load tests; rate limiting is tested with keys of its own.
     _, api_key = ApiKeys(MongoClient(mongo_server.uri)["cxr_test"]).create("test-suite", "admin", 100_000)

@@ -19,8 +19,15 @@ from training.synthetic import render_chest
 COVID4 = ["COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia"]
 HX = {"HX-Request": "true"}
 NOTICE = "Decision support only - not for diagnostic use"
-MODEL = {"name": "m", "version": "1", "weights_sha256": "ab" * 32, "preprocessing_version": "cxr-pre-1",
-         "thresholds": [], "calibration_temperature": 1.3, "code_version": "0.1.0"}
+MODEL = {
+    "name": "m",
+    "version": "1",
+    "weights_sha256": "ab" * 32,
+    "preprocessing_version": "cxr-pre-1",
+    "thresholds": [],
+    "calibration_temperature": 1.3,
+    "code_version": "0.1.0",
+}
 
 
 def chest_png(seed: int = 0, label: str = "Normal") -> bytes:
@@ -34,9 +41,16 @@ def stored_counts(db) -> tuple[int, int]:
 
 def stored_record(**overrides) -> dict:
     """A record as the service stores it (without its files)."""
-    base = {"request_id": f"req-{uuid.uuid4().hex}", "patient_id": "ST-0001", "created_at": now(),
-            "probabilities": {"Normal": 0.8, "COVID-19": 0.2}, "top_label": "Normal", "confidence": 0.8,
-            "positives": ["Normal"], "model": MODEL}
+    base = {
+        "request_id": f"req-{uuid.uuid4().hex}",
+        "patient_id": "ST-0001",
+        "created_at": now(),
+        "probabilities": {"Normal": 0.8, "COVID-19": 0.2},
+        "top_label": "Normal",
+        "confidence": 0.8,
+        "positives": ["Normal"],
+        "model": MODEL,
+    }
     return {**base, **overrides}
 
 
@@ -46,8 +60,9 @@ def csrf_token(service) -> str:
 
 
 def save_held(service, request_id: str, **kwargs):
-    return service.http.post("/predictions/save", data={"request_id": request_id, "csrf_token": csrf_token(service)},
-                             **kwargs)
+    return service.http.post(
+        "/predictions/save", data={"request_id": request_id, "csrf_token": csrf_token(service)}, **kwargs
+    )
 
 
 def post_prediction(service, image: bytes | None, htmx: bool = False, filename: str = "cxr.png", **fields):
@@ -55,8 +70,7 @@ def post_prediction(service, image: bytes | None, htmx: bool = False, filename: 
     data = {"patient_id": "P-PAGE-1", "request_id": uuid.uuid4().hex, "csrf_token": csrf_token(service), **fields}
     empty = {"image": ("", b"", "application/octet-stream")}
     files = {"image": (filename, image, "image/png")} if image is not None else empty
-    return service.http.post("/predictions", data=data, files=files, headers=HX if htmx else {},
-                             follow_redirects=False)
+    return service.http.post("/predictions", data=data, files=files, headers=HX if htmx else {}, follow_redirects=False)
 
 
 def is_full_page(html: str) -> bool:
@@ -103,5 +117,8 @@ def metric_total(metrics_url: str, name: str, **labels: str) -> float:
     """The sum of a Prometheus series over every replica, for the samples carrying these labels."""
     text = httpx.get(metrics_url, timeout=10).text
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(w in line for w in wanted))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(w in line for w in wanted)
+    )

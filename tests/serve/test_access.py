@@ -110,8 +110,13 @@ def test_cxr_keys_and_audit_commands(mongo_server, access_db):
     key_id = created.stdout.split("key id: ")[1].split()[0]
     assert ApiKeys(access_db).verify(token).name == "radiology-pacs"
     assert key_id in run("keys", "list").stdout and token not in run("keys", "list").stdout
-    AuditLog(access_db).record(Identity("radiology-pacs", key_id, "clinician"), "export", prediction_id="p9",
-                               patient_id="P-9", detail="original")
+    AuditLog(access_db).record(
+        Identity("radiology-pacs", key_id, "clinician"),
+        "export",
+        prediction_id="p9",
+        patient_id="P-9",
+        detail="original",
+    )
     shown = run("audit", "--patient-id", "P-9").stdout
     assert "export" in shown and "radiology-pacs" in shown and "p9" in shown and "(original)" in shown
     assert run("audit", "--actor", "nobody").stdout == ""

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import make_dicom, png_bytes
-from training.synthetic import render_chest
+from tests.helpers import make_dicom
 from tests.serve.helpers import COVID4, chest_png, stored_counts
+from training.synthetic import render_chest
+
 
 def test_round_trip_predict_save_fetch_record_and_images(service, db):
     image = chest_png(1)
@@ -42,8 +43,7 @@ def test_round_trip_predict_save_fetch_record_and_images(service, db):
 
 
 def test_patient_listing_is_newest_first_and_paginated(service):
-    ids = [service.predict(chest_png(10 + i), patient_id="PG-0001", save="1").json()["prediction_id"]
-           for i in range(3)]
+    ids = [service.predict(chest_png(10 + i), patient_id="PG-0001", save="1").json()["prediction_id"] for i in range(3)]
     page1 = service.http.get("/api/v1/patients/PG-0001/predictions?page=1&page_size=2").json()
     page2 = service.http.get("/api/v1/patients/PG-0001/predictions?page=2&page_size=2").json()
     assert page1["total"] == 3
@@ -83,8 +83,9 @@ def test_concurrent_saves_with_one_request_id_store_one_record(service, db):
     request_id = f"req-{uuid.uuid4().hex}"
     before = stored_counts(db)
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: service.predict(chest_png(5), save="1", request_id=request_id).json(),
-                                range(2)))
+        results = list(
+            pool.map(lambda _: service.predict(chest_png(5), save="1", request_id=request_id).json(), range(2))
+        )
     assert results[0]["prediction_id"] == results[1]["prediction_id"]
     assert db["predictions"].count_documents({"request_id": request_id}) == 1
     assert stored_counts(db) == (before[0] + 1, before[1] + 2)
@@ -96,8 +97,10 @@ def test_unknown_ids_and_kinds(service):
     assert service.http.get("/api/v1/patients/$where/predictions").status_code == 400
 
 
-@pytest.mark.parametrize("page, page_size", [("0", "20"), ("-3", "20"), ("1", "101"), ("x", "20"),
-                                             (str(2**62), "100"), ("1" + "0" * 30, "20")])
+@pytest.mark.parametrize(
+    "page, page_size",
+    [("0", "20"), ("-3", "20"), ("1", "101"), ("x", "20"), (str(2**62), "100"), ("1" + "0" * 30, "20")],
+)
 def test_page_parameters_out_of_range_are_a_400_not_a_database_error(service, page, page_size):
     api = service.http.get("/api/v1/patients/PG-0001/predictions", params={"page": page, "page_size": page_size})
     assert api.status_code == 400 and api.json()["error"]["code"] == "bad_page"
@@ -119,10 +122,12 @@ def test_model_card_health_and_readiness(service):
 def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(service, db):
     # MONOCHROME1 stores white as the lowest value: inverted levels that decode back to the chest picture.
     pixels = 4095 - (render_chest("Normal", np.random.default_rng(7)) * 4095).astype(np.uint16)
-    data = make_dicom(pixels, bits_stored=12, photometric="MONOCHROME1", patient_id="DCM-HDR-1",
-                      preamble=b"\x89PNG" + b"\x41" * 124)
-    response = service.http.post("/api/v1/predictions", data={"save": "1"},
-                                 files={"image": ("scan.png", data, "image/png")})  # name and type ignored
+    data = make_dicom(
+        pixels, bits_stored=12, photometric="MONOCHROME1", patient_id="DCM-HDR-1", preamble=b"\x89PNG" + b"\x41" * 124
+    )
+    response = service.http.post(
+        "/api/v1/predictions", data={"save": "1"}, files={"image": ("scan.png", data, "image/png")}
+    )  # name and type ignored
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["patient_id"] == "DCM-HDR-1" and body["saved"] is True
@@ -133,16 +138,20 @@ def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(s
     assert service.predict(data, patient_id="P-FORM-1", filename="x.dcm").json()["patient_id"] == "P-FORM-1"
 
 
-@pytest.mark.parametrize("change,status,code", [
-    ({"modality": "CT"}, 422, "dicom_modality"),
-    ({"body_part": "ABDOMEN"}, 422, "dicom_not_chest"),
-    ({"syntax": "1.2.840.10008.1.2.4.100"}, 415, "dicom_unsupported_syntax"),
-    ({"patient_id": "Doe^John"}, 400, "bad_patient_id"),  # the header's ID is validated like a typed one
-])
+@pytest.mark.parametrize(
+    "change,status,code",
+    [
+        ({"modality": "CT"}, 422, "dicom_modality"),
+        ({"body_part": "ABDOMEN"}, 422, "dicom_not_chest"),
+        ({"syntax": "1.2.840.10008.1.2.4.100"}, 415, "dicom_unsupported_syntax"),
+        ({"patient_id": "Doe^John"}, 400, "bad_patient_id"),  # the header's ID is validated like a typed one
+    ],
+)
 def test_bad_dicom_uploads_get_their_4xx_and_store_nothing(service, db, change, status, code):
     before = stored_counts(db)
     data = make_dicom(np.full((32, 32), 2000, np.uint16), bits_stored=12, **change)
-    response = service.http.post("/api/v1/predictions", data={"save": "1"},
-                                 files={"image": ("scan.dcm", data, "application/dicom")})
+    response = service.http.post(
+        "/api/v1/predictions", data={"save": "1"}, files={"image": ("scan.dcm", data, "application/dicom")}
+    )
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert stored_counts(db) == before

@@ -36,13 +36,16 @@ async def call(peer: str, headers: dict) -> httpx.Response:
         return await http.get("/api/v1/whoami", headers=headers)
 
 
-@pytest.mark.parametrize("peer, headers", [
-    ("127.0.0.1", {"X-Forwarded-User": "dr-admin"}),  # a local process posing as the proxy
-    ("10.9.9.9", {"X-Forwarded-User": "dr-admin"}),  # another pod, outside the proxies' CIDR
-    ("127.0.0.1", {"X-Forwarded-User": "dr-admin", "X-Forwarded-For": "10.1.2.3"}),  # a forged hop
-    ("10.1.2.3", {"X-Forwarded-User": "dr admin; role=admin"}),  # the trusted proxy, a malformed user
-    ("10.1.2.3", {}),  # the trusted proxy without the header
-])
+@pytest.mark.parametrize(
+    "peer, headers",
+    [
+        ("127.0.0.1", {"X-Forwarded-User": "dr-admin"}),  # a local process posing as the proxy
+        ("10.9.9.9", {"X-Forwarded-User": "dr-admin"}),  # another pod, outside the proxies' CIDR
+        ("127.0.0.1", {"X-Forwarded-User": "dr-admin", "X-Forwarded-For": "10.1.2.3"}),  # a forged hop
+        ("10.1.2.3", {"X-Forwarded-User": "dr admin; role=admin"}),  # the trusted proxy, a malformed user
+        ("10.1.2.3", {}),  # the trusted proxy without the header
+    ],
+)
 def test_the_identity_header_is_ignored_unless_a_trusted_proxy_sends_it(peer, headers):
     response = asyncio.run(call(peer, headers))
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"

@@ -41,10 +41,18 @@ def browser():
 class Session:
     """One browser context; records console errors so a broken script fails the test."""
 
-    def __init__(self, browser, base_url: str, name: str, javascript: bool = True, viewport=(1366, 768),
-                 api_key: str | None = None):
-        self.context = browser.new_context(java_script_enabled=javascript, base_url=base_url,
-                                           viewport={"width": viewport[0], "height": viewport[1]})
+    def __init__(
+        self,
+        browser,
+        base_url: str,
+        name: str,
+        javascript: bool = True,
+        viewport=(1366, 768),
+        api_key: str | None = None,
+    ):
+        self.context = browser.new_context(
+            java_script_enabled=javascript, base_url=base_url, viewport={"width": viewport[0], "height": viewport[1]}
+        )
         self.context.set_default_timeout(TIMEOUT_MS)
         self.page = self.context.new_page()
         self.name, self.step, self.errors = name, 0, []
@@ -163,12 +171,15 @@ def test_the_same_flow_without_javascript(browser, service, db):
 
 
 def test_errors_show_next_to_their_field_and_the_chosen_file_survives(browser, service, db):
-    s = Session(browser, service.base_url, "errors", viewport=(800, 1100), api_key=service.api_key)  # a tablet held upright
+    s = Session(
+        browser, service.base_url, "errors", viewport=(800, 1100), api_key=service.api_key
+    )  # a tablet held upright
     try:
         s.page.goto("/")
         s.page.get_by_label("Patient ID").fill("P-ERR-1")
         s.page.get_by_label("Chest X-ray image").set_input_files(
-            {"name": "notes.png", "mimeType": "image/png", "buffer": b"these are my notes, not an X-ray"})
+            {"name": "notes.png", "mimeType": "image/png", "buffer": b"these are my notes, not an X-ray"}
+        )
         s.page.get_by_role("button", name="Predict").click()
         image_error = s.page.locator(".field:has(#image) .field-error")
         image_error.filter(has_text="not a PNG, JPEG or DICOM image").wait_for()

@@ -19,15 +19,24 @@ def test_shipped_config_has_only_known_keys():
     assert check_file(ROOT / "serve_config.yaml")["applications"][0]["import_path"] == "serve.app:build_app"
 
 
-@pytest.mark.parametrize("mutate, where", [
-    (lambda c: c["http_options"].update(prot=8000), "http_options.prot"),
-    (lambda c: c["applications"][0]["deployments"][0].update(max_ongoing_request=4),
-     "applications[0].deployments[0].max_ongoing_request"),
-    (lambda c: c["applications"][0]["deployments"][0]["autoscaling_config"].update(max_replica=9),
-     "applications[0].deployments[0].autoscaling_config.max_replica"),
-    (lambda c: c["applications"][0]["deployments"][1]["ray_actor_options"].update(num_cpu=1),
-     "applications[0].deployments[1].ray_actor_options.num_cpu"),
-])
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda c: c["http_options"].update(prot=8000), "http_options.prot"),
+        (
+            lambda c: c["applications"][0]["deployments"][0].update(max_ongoing_request=4),
+            "applications[0].deployments[0].max_ongoing_request",
+        ),
+        (
+            lambda c: c["applications"][0]["deployments"][0]["autoscaling_config"].update(max_replica=9),
+            "applications[0].deployments[0].autoscaling_config.max_replica",
+        ),
+        (
+            lambda c: c["applications"][0]["deployments"][1]["ray_actor_options"].update(num_cpu=1),
+            "applications[0].deployments[1].ray_actor_options.num_cpu",
+        ),
+    ],
+)
 def test_misspelt_keys_are_named(tmp_path, mutate, where):
     config = copy.deepcopy(CONFIG)
     mutate(config)

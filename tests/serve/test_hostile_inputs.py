@@ -11,8 +11,7 @@ import zlib
 
 import pytest
 
-from tests.serve.helpers import chest_png, stored_counts
-from tests.serve.helpers import csrf_token
+from tests.serve.helpers import chest_png, csrf_token, stored_counts
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -24,8 +23,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def huge_png_header() -> bytes:
     """A valid PNG signature and IHDR claiming 100000 x 100000 pixels, no real pixel data."""
     ihdr = (100000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_zip_polyglot() -> bytes:
@@ -62,16 +65,20 @@ def many_fields() -> dict:
 
 
 def two_files() -> dict:
-    return {"data": {"patient_id": "P-HOSTILE-1", "save": "1"},
-            "files": [("image", ("a.png", chest_png(7), "image/png")), ("image", ("b.png", chest_png(8), "image/png"))]}
+    return {
+        "data": {"patient_id": "P-HOSTILE-1", "save": "1"},
+        "files": [("image", ("a.png", chest_png(7), "image/png")), ("image", ("b.png", chest_png(8), "image/png"))],
+    }
 
 
 def chunked_oversized() -> dict:
     """26 MB with no Content-Length (chunked): the limit holds while the body streams in."""
     boundary = "hostileboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"patient_id\"\r\n\r\nP-HOSTILE-1\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="patient_id"\r\n\r\nP-HOSTILE-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     def body():
         yield head + b"\x89PNG\r\n\x1a\n"
@@ -100,9 +107,12 @@ HOSTILE = [
     ("two files", two_files(), 400, "bad_form"),
     ("no patient ID", form(patient_id=""), 400, "missing_patient_id"),
     ("patient ID as an operator document", form(patient_id='{"$ne": null}'), 400, "bad_patient_id"),
-    ("patient ID as a [$ne] form field", {"data": {"patient_id[$ne]": "x", "save": "1"},
-                                          "files": {"image": ("cxr.png", chest_png(7), "image/png")}},
-     400, "missing_patient_id"),
+    (
+        "patient ID as a [$ne] form field",
+        {"data": {"patient_id[$ne]": "x", "save": "1"}, "files": {"image": ("cxr.png", chest_png(7), "image/png")}},
+        400,
+        "missing_patient_id",
+    ),
     ("patient ID $where", form(patient_id="$where"), 400, "bad_patient_id"),
     ("script in patient ID", form(patient_id=SCRIPT), 400, "bad_patient_id"),
     ("script in request ID", form(request_id=SCRIPT), 400, "bad_request_id"),

@@ -11,10 +11,23 @@ from ui.views import percent
 
 
 def model_info(**overrides) -> ModelInfo:
-    fields = dict(runtime="torch", name="m", version="1", backbone="densenet121", task="multiclass",
-                  labels=["Normal"] + [f"Other {i}" for i in range(9)], thresholds=[], weights_sha256="ab" * 32,
-                  preprocessing_version="cxr-pre-1", input_size=64, synthetic_demo=False,
-                  calibration_temperature=1.0, low_confidence_below=0.6, code_version="0.1.0", scope_gate={})
+    fields = dict(
+        runtime="torch",
+        name="m",
+        version="1",
+        backbone="densenet121",
+        task="multiclass",
+        labels=["Normal"] + [f"Other {i}" for i in range(9)],
+        thresholds=[],
+        weights_sha256="ab" * 32,
+        preprocessing_version="cxr-pre-1",
+        input_size=64,
+        synthetic_demo=False,
+        calibration_temperature=1.0,
+        low_confidence_below=0.6,
+        code_version="0.1.0",
+        scope_gate={},
+    )
     return ModelInfo(**(fields | overrides))
 
 

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from cxr_model.preprocessing import trailing_bytes
 from serve.errors import InputError
 from serve.inputs import decode_upload, validate_patient_id, validate_request_id
-from tests.helpers import png_bytes
 from tests.helpers import FUZZ_SEEDS as SEEDS
+from tests.helpers import png_bytes
 
 
 @pytest.mark.parametrize("value", ["P-0001", "12345", "mrn.778_2", "a" * 64])
@@ -15,11 +15,19 @@ def test_valid_patient_ids(value):
     assert validate_patient_id(f" {value} ") == value
 
 
-@pytest.mark.parametrize("value, code", [
-    ("", "missing_patient_id"), (None, "missing_patient_id"), ({"$ne": None}, "missing_patient_id"),
-    ("$ne", "bad_patient_id"), ("a" * 65, "bad_patient_id"), ("<b>x</b>", "bad_patient_id"),
-    ("../etc", "bad_patient_id"), ("P 1", "bad_patient_id"),
-])
+@pytest.mark.parametrize(
+    "value, code",
+    [
+        ("", "missing_patient_id"),
+        (None, "missing_patient_id"),
+        ({"$ne": None}, "missing_patient_id"),
+        ("$ne", "bad_patient_id"),
+        ("a" * 65, "bad_patient_id"),
+        ("<b>x</b>", "bad_patient_id"),
+        ("../etc", "bad_patient_id"),
+        ("P 1", "bad_patient_id"),
+    ],
+)
 def test_invalid_patient_ids(value, code):
     with pytest.raises(InputError) as error:
         validate_patient_id(value)
@@ -47,8 +55,12 @@ def test_decode_errors_map_to_statuses():
 
 @pytest.mark.filterwarnings("ignore:Expected (im|ex)plicit VR:UserWarning")  # a flipped byte in a DICOM seed
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
-       st.integers(0, 10_000), st.binary(max_size=256))
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+    st.integers(0, 10_000),
+    st.binary(max_size=256),
+)
 def test_upload_decoding_gives_an_image_or_a_4xx(seed, flips, cut, tail):
     """The service's decoder on corrupted, truncated and appended-to files: only typed 4xx errors."""
     data = bytearray(seed)

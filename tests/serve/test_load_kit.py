@@ -15,10 +15,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_headless_ramp_writes_a_report_and_a_plot(service, tmp_path):
     out = tmp_path / "load"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--host", service.base_url,
-                             "--users", "1,3", "--step-seconds", "6", "--warmup-seconds", "2", "--out", str(out)],
-                            capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "CXR_API_KEY": service.api_key})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "load.py"),
+            "--host",
+            service.base_url,
+            "--users",
+            "1,3",
+            "--step-seconds",
+            "6",
+            "--warmup-seconds",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "CXR_API_KEY": service.api_key},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert [s["users"] for s in report["steps"]] == [1, 3]
@@ -31,16 +47,40 @@ def test_headless_ramp_writes_a_report_and_a_plot(service, tmp_path):
 
 
 def test_ramp_refuses_a_non_loopback_host(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--host", "http://10.11.12.13:8000",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "load.py"), "--host", "http://10.11.12.13:8000", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "not loopback" in result.stderr
     assert not (tmp_path / "report.json").exists()
 
 
 def test_locustfile_runs_under_the_locust_command(service):
     locust = Path(sys.executable).with_name("locust")
-    result = subprocess.run([str(locust), "-f", str(ROOT / "bench" / "locustfile.py"), "--host", service.base_url,
-                             "--headless", "-u", "2", "-r", "2", "-t", "6s", "--only-summary", "--exit-code-on-error", "1"],
-                            capture_output=True, text=True, timeout=120, env={"CXR_LOAD_THINK_S": "0.2", "PATH": "", "CXR_API_KEY": service.api_key})
+    result = subprocess.run(
+        [
+            str(locust),
+            "-f",
+            str(ROOT / "bench" / "locustfile.py"),
+            "--host",
+            service.base_url,
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "6s",
+            "--only-summary",
+            "--exit-code-on-error",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"CXR_LOAD_THINK_S": "0.2", "PATH": "", "CXR_API_KEY": service.api_key},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "predict" in result.stderr + result.stdout

@@ -47,8 +47,9 @@ def send_every_kind_of_request(service, tag: str) -> str:
     assert service.http.get("/patients", params={"patient_id": saved_patient}).status_code == 200
     pixels = (render_chest("Normal", np.random.default_rng(803)) * 4095).astype(np.uint16)
     dicom = make_dicom(pixels, bits_stored=12, patient_id=f"LOG-DICOM-{tag}")
-    response = service.http.post("/api/v1/predictions", data={"save": "1"},
-                                 files={"image": ("x.dcm", dicom, "application/dicom")})
+    response = service.http.post(
+        "/api/v1/predictions", data={"save": "1"}, files={"image": ("x.dcm", dicom, "application/dicom")}
+    )
     assert response.status_code == 200 and response.json()["patient_id"] == f"LOG-DICOM-{tag}"
     assert post_prediction(service, chest_png(804), patient_id=f"LOG-PAGE-{tag}").status_code == 200
     return saved_patient

@@ -22,8 +22,10 @@ SERIES = re.compile(r"\b(ray_[a-z0-9_]+)\b")
 def queried_series() -> dict[str, set[str]]:
     dashboard = json.loads((K8S / "grafana-dashboard.json").read_text())
     rules = yaml.safe_load((K8S / "prometheusrule.yaml").read_text())
-    exprs = {"dashboard": [t["expr"] for p in dashboard["panels"] for t in p["targets"]],
-             "alerts": [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]}
+    exprs = {
+        "dashboard": [t["expr"] for p in dashboard["panels"] for t in p["targets"]],
+        "alerts": [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]],
+    }
     return {where: {name for e in found for name in SERIES.findall(e)} for where, found in exprs.items()}
 
 

@@ -46,8 +46,11 @@ def test_real_responses_match_the_schemas(service, spec):
     check(spec, "ModelCard", service.http.get("/api/v1/model").json())
     check(spec, "Health", service.http.get("/healthz").json())
     check(spec, "Ready", service.http.get("/readyz").json())
-    for bad in (service.predict(b"nope"), service.http.get("/api/v1/predictions/missing"),
-                service.http.get("/api/v1/patients/bad%20id/predictions")):
+    for bad in (
+        service.predict(b"nope"),
+        service.http.get("/api/v1/predictions/missing"),
+        service.http.get("/api/v1/patients/bad%20id/predictions"),
+    ):
         assert bad.status_code in (400, 404, 415)
         check(spec, "Error", bad.json())
     documented = spec["paths"]["/api/v1/predictions"]["post"]["responses"]
@@ -66,11 +69,29 @@ def test_an_external_contract_fuzzer_finds_the_document_truthful(service, with_k
     """schemathesis, run as its users run it, against the live service: every check, a fixed seed,
     a bounded number of examples per operation. Any 5xx, undocumented status, schema violation
     or other check failure fails this test with schemathesis' own report."""
-    command = [str(Path(sys.executable).with_name("st")), "--config-file", str(FUZZ_CONFIG), "run",
-               f"{service.base_url}/api/v1/openapi.json",
-               "--checks", "all", "--seed", "20261129", "--max-examples", str(FUZZ_EXAMPLES),
-               "--generation-deterministic", "--workers", "1", "--request-timeout", "60", "--no-color",
-               "--report", "junit", "--report-dir", str(tmp_path)]
+    command = [
+        str(Path(sys.executable).with_name("st")),
+        "--config-file",
+        str(FUZZ_CONFIG),
+        "run",
+        f"{service.base_url}/api/v1/openapi.json",
+        "--checks",
+        "all",
+        "--seed",
+        "20261129",
+        "--max-examples",
+        str(FUZZ_EXAMPLES),
+        "--generation-deterministic",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
     if with_key:
         command += ["--header", f"Authorization: Bearer {service.api_key}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)

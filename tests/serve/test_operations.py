@@ -24,9 +24,15 @@ def test_prometheus_endpoint_exports_serve_and_app_metrics(service, ray_metrics_
     for i in range(3):
         assert service.predict(chest_png(200 + i), save="1").status_code == 200
     service.predict(b"not an image")
-    wanted = ["ray_cxr_predictions_total", "ray_cxr_rejected_inputs_total", "ray_cxr_stage_seconds_bucket",
-              "ray_cxr_batch_size_bucket", "ray_cxr_inference_seconds_bucket", "ray_cxr_model_info",
-              "ray_serve_num_http_requests"]
+    wanted = [
+        "ray_cxr_predictions_total",
+        "ray_cxr_rejected_inputs_total",
+        "ray_cxr_stage_seconds_bucket",
+        "ray_cxr_batch_size_bucket",
+        "ray_cxr_inference_seconds_bucket",
+        "ray_cxr_model_info",
+        "ray_serve_num_http_requests",
+    ]
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
         text = httpx.get(ray_metrics_url, timeout=10).text

@@ -26,8 +26,9 @@ def test_orphan_sweep_removes_unreferenced_files_and_chunks_past_the_grace_perio
     fresh = _orphan(records, "maybe-still-saving", timedelta(seconds=5))
     # A put cut short before its file document: chunks only.
     lost = ObjectId()
-    records.db["images.chunks"].insert_one({"_id": ObjectId.from_datetime(now() - timedelta(hours=1)),
-                                         "files_id": lost, "n": 0, "data": b"y" * 100})
+    records.db["images.chunks"].insert_one(
+        {"_id": ObjectId.from_datetime(now() - timedelta(hours=1)), "files_id": lost, "n": 0, "data": b"y" * 100}
+    )
     result = sweep_orphans(records, timedelta(minutes=10))
     assert (result.files, result.chunks) == (1, 1)
     remaining = {doc["_id"] for doc in records.db["images.files"].find({}, {"_id": 1})}

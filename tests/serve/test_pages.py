@@ -8,8 +8,18 @@ import uuid
 
 from PIL import Image
 
-from tests.serve.helpers import HX, chest_png, client, csrf_token, is_full_page, post_prediction, save_held, stored_counts
+from tests.serve.helpers import (
+    HX,
+    chest_png,
+    client,
+    csrf_token,
+    is_full_page,
+    post_prediction,
+    save_held,
+    stored_counts,
+)
 from ui.views import HTMX_FILE, STATIC_DIR
+
 
 def test_new_study_page_and_static_files(service):
     page = service.http.get("/")
@@ -38,7 +48,9 @@ def test_htmx_post_returns_only_the_result_fragment(service):
     html = response.text
     assert "<html" not in html and html.count("<meter") == 4
     assert 'id="view-gradcam"' in html  # Grad-CAM toggle when requested
-    assert re.search(r'<input type="hidden" id="request_id" name="request_id" value="[0-9a-f]{32}" hx-swap-oob="true">', html)
+    assert re.search(
+        r'<input type="hidden" id="request_id" name="request_id" value="[0-9a-f]{32}" hx-swap-oob="true">', html
+    )
 
 
 def test_save_on_predict_redirects_to_the_stored_study(service, db):
@@ -144,8 +156,9 @@ def test_patient_search_full_page_fragment_and_pagination(service):
     dates = re.findall(r"<td>(\d{4}-\d\d-\d\d \d\d:\d\d UTC)</td>", page.text)
     assert dates == sorted(dates, reverse=True)
     # History restores ask for the whole page even though they come from htmx.
-    restore = service.http.get("/patients", params={"patient_id": patient},
-                               headers={**HX, "HX-History-Restore-Request": "true"})
+    restore = service.http.get(
+        "/patients", params={"patient_id": patient}, headers={**HX, "HX-History-Restore-Request": "true"}
+    )
     assert is_full_page(restore.text)
 
 
@@ -182,25 +195,29 @@ def test_every_response_carries_a_strict_content_security_policy(service):
 
 
 def test_form_posts_without_a_matching_csrf_token_are_refused_and_store_nothing(service, db):
-    import httpx
 
     before = stored_counts(db)
     request_id = uuid.uuid4().hex
     # A cross-site form riding a signed-in user's credentials: no CSRF cookie (SameSite=Strict keeps
     # it home), whatever token it invents.
-    with client(service.base_url, timeout=60,
-                      headers={"Authorization": f"Bearer {service.api_key}"}) as stranger:
-        forged = stranger.post("/predictions", data={"patient_id": "P-CSRF-1", "save": "1", "request_id": request_id,
-                                                  "csrf_token": "x" * 43},
-                               files={"image": ("cxr.png", chest_png(60), "image/png")})
+    with client(service.base_url, timeout=60, headers={"Authorization": f"Bearer {service.api_key}"}) as stranger:
+        forged = stranger.post(
+            "/predictions",
+            data={"patient_id": "P-CSRF-1", "save": "1", "request_id": request_id, "csrf_token": "x" * 43},
+            files={"image": ("cxr.png", chest_png(60), "image/png")},
+        )
         assert forged.status_code == 403 and "expired or did not come from this site" in forged.text
         cookie = forged.headers["set-cookie"]  # the refusal page starts a proper session
         assert "SameSite=Strict" in cookie and "HttpOnly" in cookie
         assert stranger.post("/predictions/save", data={"request_id": request_id}).status_code == 403
     # Our own page's client, but the field left out.
     csrf_token(service)
-    missing = service.http.post("/predictions", data={"patient_id": "P-CSRF-1", "save": "1"},
-                                files={"image": ("cxr.png", chest_png(60), "image/png")}, headers=HX)
+    missing = service.http.post(
+        "/predictions",
+        data={"patient_id": "P-CSRF-1", "save": "1"},
+        files={"image": ("cxr.png", chest_png(60), "image/png")},
+        headers=HX,
+    )
     assert missing.status_code == 403
     assert stored_counts(db) == before
     # The JSON API takes no cookies and is not a form: unaffected.

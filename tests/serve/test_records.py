@@ -10,6 +10,7 @@ from serve.records import PredictionRecords, SaveResult
 from tests.serve.helpers import MODEL
 from tests.serve.helpers import stored_record as record
 
+
 def test_save_then_read_back(records):
     result = records.save(record(), {"original": b"o", "annotated": b"a"})
     assert result == SaveResult(True, result.prediction_id)
@@ -32,8 +33,12 @@ def test_schema_validator_refuses_a_bad_record_and_leaves_no_files(records):
 def test_racing_saves_of_one_request_keep_one_record_and_one_file_set(records):
     shared = record()
     results = []
-    threads = [threading.Thread(target=lambda: results.append(records.save(dict(shared), {"original": b"o", "annotated": b"a"})))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(records.save(dict(shared), {"original": b"o", "annotated": b"a"}))
+        )
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -59,8 +64,15 @@ def test_patient_query_values_are_literals(records):
 
 def _refuse_big_image_files(records) -> None:
     """The database itself refuses image file documents over 1 KB, after their chunks are written."""
-    records.db.create_collection("images.files", validator={"$jsonSchema": {
-        "bsonType": "object", "properties": {"length": {"bsonType": ["int", "long"], "maximum": 1000}}}})
+    records.db.create_collection(
+        "images.files",
+        validator={
+            "$jsonSchema": {
+                "bsonType": "object",
+                "properties": {"length": {"bsonType": ["int", "long"], "maximum": 1000}},
+            }
+        },
+    )
 
 
 @pytest.mark.parametrize("refused", ["the second image's file document", "the record"])

@@ -11,13 +11,17 @@ import pytest
 
 from cxr_model.checkpoint import read_card
 from cxr_model.scope import REASONS
-from tests.serve.helpers import chest_png, stored_counts
-from tests.serve.helpers import HX, post_prediction
+from tests.serve.helpers import chest_png, post_prediction, stored_counts
 from training.synthetic import render_out_of_scope
 
-CASES = [("colour_photo", "colour_image"), ("blank", "blank_image"), ("noise", "noise_image"),
-         ("limb_radiograph", "unlike_chest_radiographs"), ("skull_radiograph", "unlike_chest_radiographs"),
-         ("greyscale_photo", "unlike_chest_radiographs")]
+CASES = [
+    ("colour_photo", "colour_image"),
+    ("blank", "blank_image"),
+    ("noise", "noise_image"),
+    ("limb_radiograph", "unlike_chest_radiographs"),
+    ("skull_radiograph", "unlike_chest_radiographs"),
+    ("greyscale_photo", "unlike_chest_radiographs"),
+]
 
 
 def picture(kind: str, seed: int = 0, fmt: str = "PNG") -> bytes:
@@ -37,7 +41,9 @@ def test_out_of_scope_pictures_get_a_reason_and_no_label(service, db, kind, reas
     assert not {"probabilities", "top_label", "confidence"} & set(response.json())
     if reason == "unlike_chest_radiographs":  # passed the image checks; refused by the feature gate
         assert error["measures"]["feature_distance"] > error["measures"]["feature_threshold"]
-        assert error["measures"]["feature_threshold"] == read_card(service.checkpoint).scope["feature_gate"]["threshold"]
+        assert (
+            error["measures"]["feature_threshold"] == read_card(service.checkpoint).scope["feature_gate"]["threshold"]
+        )
     assert stored_counts(db) == before
 
 
@@ -49,7 +55,9 @@ def test_chest_radiographs_still_get_labels_and_the_model_names_its_gate(service
 
 
 def test_jpeg_photo_is_judged_by_content_not_format(service):
-    response = service.predict(picture("colour_photo", seed=2, fmt="JPEG"), filename="chest.png", patient_id="P-SCOPE-3")
+    response = service.predict(
+        picture("colour_photo", seed=2, fmt="JPEG"), filename="chest.png", patient_id="P-SCOPE-3"
+    )
     assert response.status_code == 422 and response.json()["error"]["reason"] == "colour_image"
 
 
@@ -59,15 +67,18 @@ def test_pages_show_the_reason_beside_the_image_field_and_no_result(service, db,
     response = post_prediction(service, picture("limb_radiograph", seed=3), htmx=htmx, save="1")
     assert response.status_code == 422
     assert "does not look like the frontal chest radiographs" in response.text
-    assert '<meter' not in response.text and "COVID-19" not in response.text
+    assert "<meter" not in response.text and "COVID-19" not in response.text
     assert stored_counts(db) == before
 
 
 def test_out_of_scope_refusals_are_counted_by_reason(service, ray_metrics_url):
     def count(reason: str) -> float:
         text = httpx.get(ray_metrics_url, timeout=10).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("ray_cxr_out_of_scope_total{") and f'reason="{reason}"' in line)
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ray_cxr_out_of_scope_total{") and f'reason="{reason}"' in line
+        )
 
     # Ray exports application metrics every 2 s here: let earlier tests' refusals land first.
     before, settle = count("noise_image"), time.monotonic() + 60

@@ -15,9 +15,13 @@ from tests.serve.conftest import KEY_CACHE_S
 from tests.serve.helpers import chest_png, stored_counts
 from tests.serve.helpers import client as suite_client
 
-API_ROUTES = [("POST", "/api/v1/predictions"), ("GET", "/api/v1/predictions/abc"),
-              ("GET", "/api/v1/predictions/abc/image"), ("GET", "/api/v1/patients/P-1/predictions"),
-              ("GET", "/api/v1/model")]
+API_ROUTES = [
+    ("POST", "/api/v1/predictions"),
+    ("GET", "/api/v1/predictions/abc"),
+    ("GET", "/api/v1/predictions/abc/image"),
+    ("GET", "/api/v1/patients/P-1/predictions"),
+    ("GET", "/api/v1/model"),
+]
 
 
 @pytest.fixture()
@@ -36,8 +40,9 @@ def test_api_without_a_valid_key_is_401_and_stores_nothing(service, db, method, 
     before = stored_counts(db)
     with client(service, token) as anonymous:
         files = {"image": ("cxr.png", chest_png(1), "image/png")} if method == "POST" else None
-        response = anonymous.request(method, path, data={"patient_id": "P-AUTH-1", "save": "1"} if files else None,
-                                     files=files)
+        response = anonymous.request(
+            method, path, data={"patient_id": "P-AUTH-1", "save": "1"} if files else None, files=files
+        )
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert stored_counts(db) == before
@@ -59,8 +64,11 @@ def test_pages_need_a_session_and_the_api_never_takes_the_cookie(service, keys):
         form = browser.get("/login")
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
         wrong = browser.post("/login", data={"api_key": token + "x", "csrf_token": csrf, "next": "/patients"})
-        assert wrong.status_code == 401 and "not valid" in wrong.text and "cxr_session" not in wrong.headers.get(
-            "set-cookie", "")
+        assert (
+            wrong.status_code == 401
+            and "not valid" in wrong.text
+            and "cxr_session" not in wrong.headers.get("set-cookie", "")
+        )
         no_csrf = browser.post("/login", data={"api_key": token, "next": "/patients"})
         assert no_csrf.status_code == 403
         login = browser.post("/login", data={"api_key": token, "csrf_token": csrf, "next": "//evil.example/x"})
@@ -120,7 +128,9 @@ def test_audit_log_records_who_created_viewed_exported_and_searched(service, db)
     body = service.predict(chest_png(77), patient_id=patient, save="1").json()
     prediction_id = body["prediction_id"]
     assert service.http.get(f"/api/v1/predictions/{prediction_id}").status_code == 200
-    assert service.http.get(f"/api/v1/predictions/{prediction_id}/image", params={"kind": "annotated"}).status_code == 200
+    assert (
+        service.http.get(f"/api/v1/predictions/{prediction_id}/image", params={"kind": "annotated"}).status_code == 200
+    )
     assert service.http.get(f"/api/v1/patients/{patient}/predictions").status_code == 200
     assert service.http.get(f"/predictions/{prediction_id}").status_code == 200
     entries = list(db["audit"].find({"patient_id": patient}).sort("at", 1))

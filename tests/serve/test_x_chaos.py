@@ -67,8 +67,11 @@ class SteadyLoad:
             for i in range(400):  # bounded even if the stop never comes
                 if self.stop.is_set():
                     return
-                response = http.post("/api/v1/predictions", data={"patient_id": self.patient_id},
-                                     files={"image": ("c.png", chest_png(seed * 1000 + i % 7), "image/png")})
+                response = http.post(
+                    "/api/v1/predictions",
+                    data={"patient_id": self.patient_id},
+                    files={"image": ("c.png", chest_png(seed * 1000 + i % 7), "image/png")},
+                )
                 self.statuses.append(response.status_code)
                 time.sleep(0.05)
 
@@ -145,8 +148,9 @@ def test_stopping_the_database_mid_save_leaves_no_broken_record_and_a_retry_save
     ready_during_outage: list[int] = []
 
     def save(request_id: str) -> None:
-        response = service.predict(chest_png(hash(request_id) % 1000), save="1", request_id=request_id,
-                                   patient_id="P-CHAOS-2")
+        response = service.predict(
+            chest_png(hash(request_id) % 1000), save="1", request_id=request_id, patient_id="P-CHAOS-2"
+        )
         assert response.status_code == 200, response.text  # the prediction is served either way
         answers[request_id] = response.json()
 
@@ -193,15 +197,17 @@ async def _burst(service, count: int) -> list[tuple[int, float, str | None]]:
 
     async def one(http: httpx.AsyncClient):
         started = time.perf_counter()
-        response = await http.post("/api/v1/predictions", data={"patient_id": "P-CHAOS-3"},
-                                   files={"image": ("c.png", image, "image/png")})
+        response = await http.post(
+            "/api/v1/predictions", data={"patient_id": "P-CHAOS-3"}, files={"image": ("c.png", image, "image/png")}
+        )
         if response.status_code == 503:
             assert response.json()["error"]["code"] == "overloaded", response.text
         return response.status_code, time.perf_counter() - started, response.headers.get("retry-after")
 
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
-    async with httpx.AsyncClient(base_url=service.base_url, timeout=120, headers=service.http.headers,
-                                 limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=service.base_url, timeout=120, headers=service.http.headers, limits=limits
+    ) as http:
         return await asyncio.gather(*(one(http) for _ in range(count)))
 
 

@@ -26,10 +26,13 @@ def test_yaml_then_flags(tmp_path):
     assert config.workers == 2 and config.stage1.patience == config.stage2.patience == 4
 
 
-@pytest.mark.parametrize("text, key", [
-    ("data_dir: /d\nbackbon: resnet50\n", "backbon"),
-    ("data_dir: /d\nstage2: {epochs: 3, learning_rate: 0.1}\n", "stage2.*learning_rate"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("data_dir: /d\nbackbon: resnet50\n", "backbon"),
+        ("data_dir: /d\nstage2: {epochs: 3, learning_rate: 0.1}\n", "stage2.*learning_rate"),
+    ],
+)
 def test_misspelt_keys_are_errors(tmp_path, text, key):
     path = tmp_path / "c.yaml"
     path.write_text(text)

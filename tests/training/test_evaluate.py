@@ -11,8 +11,15 @@ from cxr_model.cli import main as cxr
 from cxr_model.network import build_model
 from tests.helpers import make_card, png_bytes
 
-FILES = ("report.json", "report.md", "per_class.csv", "predictions.csv",
-         "confusion_matrix.png", "roc.png", "reliability.png")
+FILES = (
+    "report.json",
+    "report.md",
+    "per_class.csv",
+    "predictions.csv",
+    "confusion_matrix.png",
+    "roc.png",
+    "reliability.png",
+)
 
 
 @pytest.fixture
@@ -34,8 +41,7 @@ def test_cxr_evaluate_on_a_folder_matches_the_hand_computed_case(constant_checkp
         for i in range(n):
             (data / folder / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (80, 80), dtype=np.uint8)))
     out = tmp_path / "report"
-    assert cxr(["evaluate", "--checkpoint", str(constant_checkpoint), "--data-dir", str(data),
-                "--out", str(out)]) == 0
+    assert cxr(["evaluate", "--checkpoint", str(constant_checkpoint), "--data-dir", str(data), "--out", str(out)]) == 0
     for name in FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for name in FILES[-3:]:
@@ -70,5 +76,14 @@ def test_cxr_evaluate_refuses_labels_the_model_does_not_know(constant_checkpoint
     for folder in ("Tuberculosis", "Normal"):
         (tmp_path / "d" / folder / "a.png").write_bytes(png_bytes(np.zeros((20, 20), np.uint8) + len(folder)))
     with pytest.raises(SystemExit, match="Tuberculosis"):
-        cxr(["evaluate", "--checkpoint", str(constant_checkpoint), "--data-dir", str(tmp_path / "d"),
-             "--out", str(tmp_path / "o")])
+        cxr(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(constant_checkpoint),
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cxr_model.labels import COVID4, normalize_class_name
-from training.layouts import DatasetLayoutError, scan_dataset
 from tests.helpers import png_bytes
+from training.layouts import DatasetLayoutError, scan_dataset
 
 
 def _image(seed: int) -> bytes:
@@ -48,11 +48,19 @@ def test_imagefolder_layout_and_class_name_normalisation(tmp_path):
     assert dataset.label_set.names == COVID4
 
 
-@pytest.mark.parametrize("raw, canonical", [
-    ("Covid", "COVID-19"), ("COVID-19", "COVID-19"), ("covid", "COVID-19"), ("covid_19", "COVID-19"),
-    ("Lung_Opacity", "Lung Opacity"), ("Viral Pneumonia", "Viral Pneumonia"),
-    ("Pleural_Thickening", "Pleural Thickening"), ("Tuberculosis", "Tuberculosis"),
-])
+@pytest.mark.parametrize(
+    "raw, canonical",
+    [
+        ("Covid", "COVID-19"),
+        ("COVID-19", "COVID-19"),
+        ("covid", "COVID-19"),
+        ("covid_19", "COVID-19"),
+        ("Lung_Opacity", "Lung Opacity"),
+        ("Viral Pneumonia", "Viral Pneumonia"),
+        ("Pleural_Thickening", "Pleural Thickening"),
+        ("Tuberculosis", "Tuberculosis"),
+    ],
+)
 def test_class_names_normalise(raw, canonical):
     assert normalize_class_name(raw) == canonical
 
@@ -62,8 +70,9 @@ def test_csv_multilabel_layout(tmp_path):
     rows = []
     for i in range(6):
         (tmp_path / "images" / f"{i:05d}.png").write_bytes(_image(100 + i))
-        rows.append({"Image Index": f"images/{i:05d}.png", "Effusion": i % 2, "Cardiomegaly": int(i < 2),
-                     "Patient Age": 40 + i})
+        rows.append(
+            {"Image Index": f"images/{i:05d}.png", "Effusion": i % 2, "Cardiomegaly": int(i < 2), "Patient Age": 40 + i}
+        )
     rows.append({"Image Index": "images/gone.png", "Effusion": 1, "Cardiomegaly": 0, "Patient Age": 50})
     with open(tmp_path / "labels.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -10,8 +10,12 @@ LABELS = LabelSet("multiclass", COVID4)
 
 
 def test_class_weights_counter_imbalance():
-    entries = [{"labels": ["Normal"]}] * 6 + [{"labels": ["COVID-19"]}] * 2 + \
-              [{"labels": ["Lung Opacity"]}] * 2 + [{"labels": ["Viral Pneumonia"]}] * 2
+    entries = (
+        [{"labels": ["Normal"]}] * 6
+        + [{"labels": ["COVID-19"]}] * 2
+        + [{"labels": ["Lung Opacity"]}] * 2
+        + [{"labels": ["Viral Pneumonia"]}] * 2
+    )
     weights = class_weights(entries, LABELS)
     assert weights.mean().item() == pytest.approx(1.0)
     # COVID-19 is 3x rarer than Normal, so it weighs 3x as much.

@@ -6,14 +6,16 @@ from training.metrics import bootstrap_ci, classification_metrics, expected_cali
 
 LABELS = LabelSet("multiclass", ("A", "B", "C"))
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
-PROBS = np.array([
-    [0.85, 0.10, 0.05],  # A, right, conf .85
-    [0.65, 0.30, 0.05],  # A, right, conf .65
-    [0.20, 0.75, 0.05],  # B, wrong, conf .75
-    [0.10, 0.85, 0.05],  # B, right, conf .85
-    [0.55, 0.40, 0.05],  # A, wrong, conf .55
-    [0.10, 0.15, 0.75],  # C, right, conf .75
-])
+PROBS = np.array(
+    [
+        [0.85, 0.10, 0.05],  # A, right, conf .85
+        [0.65, 0.30, 0.05],  # A, right, conf .65
+        [0.20, 0.75, 0.05],  # B, wrong, conf .75
+        [0.10, 0.85, 0.05],  # B, right, conf .85
+        [0.55, 0.40, 0.05],  # A, wrong, conf .55
+        [0.10, 0.15, 0.75],  # C, right, conf .75
+    ]
+)
 
 
 def test_hand_computed_multiclass_case():
@@ -21,7 +23,8 @@ def test_hand_computed_multiclass_case():
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
     assert m["per_class"]["A"] == pytest.approx(
-        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3, "roc_auc": 8 / 9})
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3, "roc_auc": 8 / 9}
+    )
     assert m["per_class"]["B"]["precision"] == pytest.approx(0.5)
     assert m["per_class"]["B"]["recall"] == pytest.approx(0.5)
     assert m["per_class"]["C"]["f1"] == pytest.approx(1.0)

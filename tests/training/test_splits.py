@@ -16,9 +16,10 @@ def test_split_is_stratified_70_20_10(scanned):
     manifest = build_manifest(scanned, seed=0)
     for label in manifest["labels"]:
         # Count distinct images: 52 files per class, of which 50 are distinct.
-        distinct = {split: len({e["sha256"] for e in manifest["entries"]
-                                if e["split"] == split and e["labels"] == [label]})
-                    for split in ("train", "val", "test")}
+        distinct = {
+            split: len({e["sha256"] for e in manifest["entries"] if e["split"] == split and e["labels"] == [label]})
+            for split in ("train", "val", "test")
+        }
         assert distinct == {"train": 35, "val": 10, "test": 5}
         assert sum(manifest["counts"][split].get(label, 0) for split in distinct) == 52
 
@@ -85,5 +86,9 @@ def test_layout_given_splits_are_kept_and_a_cross_split_duplicate_goes_to_train(
     manifest = build_manifest(Fixed, seed=0)
     splits = {e["path"]: e["split"] for e in manifest["entries"]}
     assert manifest["split_source"] == "layout"
-    assert splits == {"train/normal/a.png": "train", "test/normal/a-copy.png": "train",
-                      "val/covid/b.png": "val", "test/covid/c.png": "test"}
+    assert splits == {
+        "train/normal/a.png": "train",
+        "test/normal/a-copy.png": "train",
+        "val/covid/b.png": "val",
+        "test/covid/c.png": "test",
+    }

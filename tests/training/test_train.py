@@ -25,10 +25,20 @@ LEARNED_ACCURACY = 0.6
 
 def small_config(data, out, **overrides) -> TrainConfig:
     base = dict(
-        data_dir=str(data), output_dir=str(out), backbone="densenet121", weights="none", image_size=64,
-        batch_size=16, eval_batch_size=64, loader_workers=0, workers=1, cpus_per_worker=2,
-        stage1=StageConfig(epochs=2, lr=3e-3, patience=5), stage2=StageConfig(epochs=8, lr=1e-3, patience=8),
-        model_version="test", progress=False,
+        data_dir=str(data),
+        output_dir=str(out),
+        backbone="densenet121",
+        weights="none",
+        image_size=64,
+        batch_size=16,
+        eval_batch_size=64,
+        loader_workers=0,
+        workers=1,
+        cpus_per_worker=2,
+        stage1=StageConfig(epochs=2, lr=3e-3, patience=5),
+        stage2=StageConfig(epochs=8, lr=1e-3, patience=8),
+        model_version="test",
+        progress=False,
     )
     base.update(overrides)
     return TrainConfig(**base)
@@ -99,8 +109,15 @@ def test_run_directory_holds_card_config_manifest_curves_and_report(trained_run)
     assert card.training_config["stage2"]["lr"] == pytest.approx(1e-3)
     assert yaml.safe_load((final / "config.yaml").read_text())["backbone"] == "densenet121"
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    for name in ("report.json", "report.md", "per_class.csv", "predictions.csv",
-                 "confusion_matrix.png", "roc.png", "reliability.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "per_class.csv",
+        "predictions.csv",
+        "confusion_matrix.png",
+        "roc.png",
+        "reliability.png",
+    ):
         assert (out / "evaluation" / name).is_file()
     history = json.loads((out / "stage2" / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
@@ -128,9 +145,14 @@ def test_the_out_of_scope_gate_is_fitted_measured_and_served_from_the_card(train
     # The recorded rates are reproducible from the checkpoint alone.
     model, _ = load_network(final)
     from cxr_model.classifier import Classifier
+
     rng = np.random.default_rng(99)
-    verdicts, _ = assess(Classifier(model, card, device="cpu"), limits, gate,
-                         [render_out_of_scope("limb_radiograph", rng) for _ in range(10)])
+    verdicts, _ = assess(
+        Classifier(model, card, device="cpu"),
+        limits,
+        gate,
+        [render_out_of_scope("limb_radiograph", rng) for _ in range(10)],
+    )
     assert all(v.reason in (None, "unlike_chest_radiographs") for v in verdicts)
     text = (final / "MODEL_CARD.md").read_text()
     assert "## Out-of-scope gate" in text and "false rejection" in text and "miss" in text
@@ -144,8 +166,14 @@ def small_data(tmp_path_factory):
 
 
 def test_two_workers_and_resume_after_interruption(ray_cluster, small_data, tmp_path):
-    config = small_config(small_data, tmp_path, workers=2, cpus_per_worker=1,
-                          stage1=StageConfig(epochs=1, lr=3e-3), stage2=StageConfig(epochs=1, lr=1e-3))
+    config = small_config(
+        small_data,
+        tmp_path,
+        workers=2,
+        cpus_per_worker=1,
+        stage1=StageConfig(epochs=1, lr=3e-3),
+        stage2=StageConfig(epochs=1, lr=1e-3),
+    )
     run_training(config)
     init_backbone, _ = split_state(weights(tmp_path / "init"))
     s1_backbone, _ = split_state(weights(tmp_path / "stage1" / "best"))

@@ -9,15 +9,32 @@ from html.parser import HTMLParser
 import pytest
 
 from ui.views import (
-    HTMX_FILE, HTMX_SHA256, STATIC_DIR, TEMPLATE_DIR, PageRenderer, field_messages, headline_metrics, is_htmx, percent,
+    HTMX_FILE,
+    HTMX_SHA256,
+    STATIC_DIR,
+    TEMPLATE_DIR,
+    PageRenderer,
+    field_messages,
+    headline_metrics,
+    is_htmx,
+    percent,
     probability_rows,
 )
 
 NOTICE = "Decision support only - not for diagnostic use"
 LABELS = ["COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia"]
-MODEL = {"name": "cxr-test", "version": "v1", "backbone": "densenet121", "task": "multiclass", "labels": LABELS,
-         "thresholds": [], "weights_sha256": "ab" * 32, "preprocessing_version": "cxr-pre-1", "runtime": "onnx",
-         "synthetic_demo": True}
+MODEL = {
+    "name": "cxr-test",
+    "version": "v1",
+    "backbone": "densenet121",
+    "task": "multiclass",
+    "labels": LABELS,
+    "thresholds": [],
+    "weights_sha256": "ab" * 32,
+    "preprocessing_version": "cxr-pre-1",
+    "runtime": "onnx",
+    "synthetic_demo": True,
+}
 
 
 class Tags(HTMLParser):
@@ -54,28 +71,67 @@ def renderer():
 
 
 def form(**changes):
-    return {"patient_id": "", "explain": False, "save": False, "request_id": "req-12345678", "held_filename": None,
-            "errors": {}, **changes}
+    return {
+        "patient_id": "",
+        "explain": False,
+        "save": False,
+        "request_id": "req-12345678",
+        "held_filename": None,
+        "errors": {},
+        **changes,
+    }
 
 
 def result(**changes):
     probabilities = {"COVID-19": 0.1, "Lung Opacity": 0.2, "Normal": 0.6, "Viral Pneumonia": 0.1}
-    return {"patient_id": "P-1", "request_id": "req-1", "top_label": "Normal", "confidence": 0.6, "low_confidence": False,
-            "rows": probability_rows(probabilities, LABELS, [], ["Normal"]), "model": MODEL,
-            "annotated_src": "data:image/jpeg;base64,AAAA", "gradcam_src": None, "gradcam_label": None,
-            "saved": False, "prediction_id": None, "save_error": None, "can_save": True, **changes}
+    return {
+        "patient_id": "P-1",
+        "request_id": "req-1",
+        "top_label": "Normal",
+        "confidence": 0.6,
+        "low_confidence": False,
+        "rows": probability_rows(probabilities, LABELS, [], ["Normal"]),
+        "model": MODEL,
+        "annotated_src": "data:image/jpeg;base64,AAAA",
+        "gradcam_src": None,
+        "gradcam_label": None,
+        "saved": False,
+        "prediction_id": None,
+        "save_error": None,
+        "can_save": True,
+        **changes,
+    }
 
 
-RECORD = {"prediction_id": "abc123", "patient_id": "P-1", "request_id": "req-1", "top_label": "Normal",
-          "confidence": 0.6, "probabilities": {"COVID-19": 0.1, "Lung Opacity": 0.2, "Normal": 0.6,
-                                               "Viral Pneumonia": 0.1},
-          "positives": ["Normal"], "model": MODEL, "created_at": "2026-11-23T10:00:00+00:00",
-          "images": {"original": "/api/v1/predictions/abc123/image?kind=original",
-                     "annotated": "/api/v1/predictions/abc123/image?kind=annotated"}}
-CARD = {"name": "cxr-test", "version": "v1", "backbone": "densenet121", "task": "multiclass", "labels": LABELS,
-        "thresholds": [], "intended_use": "Decision support.", "created_at": "2026-11-23T09:00:00+00:00",
-        "weights_sha256": "ab" * 32, "data_manifest_sha256": "cd" * 32, "code_version": "abc",
-        "preprocessing": {"input_size": 224, "version": "cxr-pre-1"}}
+RECORD = {
+    "prediction_id": "abc123",
+    "patient_id": "P-1",
+    "request_id": "req-1",
+    "top_label": "Normal",
+    "confidence": 0.6,
+    "probabilities": {"COVID-19": 0.1, "Lung Opacity": 0.2, "Normal": 0.6, "Viral Pneumonia": 0.1},
+    "positives": ["Normal"],
+    "model": MODEL,
+    "created_at": "2026-11-23T10:00:00+00:00",
+    "images": {
+        "original": "/api/v1/predictions/abc123/image?kind=original",
+        "annotated": "/api/v1/predictions/abc123/image?kind=annotated",
+    },
+}
+CARD = {
+    "name": "cxr-test",
+    "version": "v1",
+    "backbone": "densenet121",
+    "task": "multiclass",
+    "labels": LABELS,
+    "thresholds": [],
+    "intended_use": "Decision support.",
+    "created_at": "2026-11-23T09:00:00+00:00",
+    "weights_sha256": "ab" * 32,
+    "data_manifest_sha256": "cd" * 32,
+    "code_version": "abc",
+    "preprocessing": {"input_size": 224, "version": "cxr-pre-1"},
+}
 
 FULL_PAGES = {
     "new_prediction.html": {"form": form(), "result": None, "error": None},
@@ -119,11 +175,14 @@ def test_study_form_posts_without_javascript_and_binds_labels(renderer):
 
 def test_user_text_is_escaped_everywhere(renderer):
     hostile = '<script>alert(1)</script>"'
-    html = renderer.render("new_prediction.html", form=form(patient_id=hostile, errors={"patient_id": hostile}),
-                           result=None, error={"patient_id": hostile})
+    html = renderer.render(
+        "new_prediction.html",
+        form=form(patient_id=hostile, errors={"patient_id": hostile}),
+        result=None,
+        error={"patient_id": hostile},
+    )
     assert "<script>alert" not in html and "&lt;script&gt;" in html
-    html = renderer.render("_patient_results.html", patient_id=hostile, items=[], total=0, page=1, pages=0,
-                           error=None)
+    html = renderer.render("_patient_results.html", patient_id=hostile, items=[], total=0, page=1, pages=0, error=None)
     assert "<script>alert" not in html
 
 
@@ -151,8 +210,11 @@ def test_result_partial_shows_a_bar_per_label_and_a_fresh_request_id(renderer):
     assert not tags.find("input", id="view-gradcam"), "no Grad-CAM toggle without a Grad-CAM image"
     assert tags.find("form", action="/predictions/save")
     assert tags.find("input", type="hidden", name="csrf_token", value=TOKEN)
-    with_cam = Tags(renderer.render("_result.html", result=result(gradcam_src="data:image/jpeg;base64,BBBB",
-                                                                     gradcam_label="Normal")))
+    with_cam = Tags(
+        renderer.render(
+            "_result.html", result=result(gradcam_src="data:image/jpeg;base64,BBBB", gradcam_label="Normal")
+        )
+    )
     assert with_cam.find("input", id="view-gradcam", type="radio")
     assert with_cam.find("label", **{"for": "view-gradcam"})
 
@@ -160,21 +222,31 @@ def test_result_partial_shows_a_bar_per_label_and_a_fresh_request_id(renderer):
 def test_low_confidence_is_flagged_on_result_and_list(renderer):
     assert "Low confidence" not in renderer.render("_result.html", result=result())
     assert "Low confidence" in renderer.render("_result.html", result=result(low_confidence=True))
-    listing = renderer.render("_patient_results.html", patient_id="P-1", items=[{**RECORD, "low_confidence": True}],
-                              total=1, page=1, pages=1, error=None)
+    listing = renderer.render(
+        "_patient_results.html",
+        patient_id="P-1",
+        items=[{**RECORD, "low_confidence": True}],
+        total=1,
+        page=1,
+        pages=1,
+        error=None,
+    )
     assert "low confidence" in listing
 
 
 def test_saved_and_failed_saves_say_so(renderer):
     saved = renderer.render("_result.html", result=result(saved=True, prediction_id="abc", can_save=False))
     assert Tags(saved).find("a", href="/predictions/abc") and "Save to record" not in saved
-    failed = renderer.render("_result.html", result=result(save_error="database unavailable (ServerSelectionTimeoutError)"))
+    failed = renderer.render(
+        "_result.html", result=result(save_error="database unavailable (ServerSelectionTimeoutError)")
+    )
     assert "Prediction shown, not saved" in failed and "Retry save" in failed
 
 
 def test_patient_results_paginate_with_links_that_work_without_javascript(renderer):
-    html = renderer.render("_patient_results.html", patient_id="P 1&x", items=[RECORD], total=25, page=2, pages=3,
-                           error=None)
+    html = renderer.render(
+        "_patient_results.html", patient_id="P 1&x", items=[RECORD], total=25, page=2, pages=3, error=None
+    )
     tags = Tags(html)
     hrefs = [a["href"] for a in tags.find("a") if "page=" in a.get("href", "")]
     assert hrefs == ["/patients?patient_id=P%201%26x&page=1", "/patients?patient_id=P%201%26x&page=3"]
@@ -183,8 +255,13 @@ def test_patient_results_paginate_with_links_that_work_without_javascript(render
 
 
 def test_field_messages_speak_to_clinicians_and_keep_unknown_texts():
-    messages = field_messages([("patient_id", "missing_patient_id", "patient_id is required"),
-                               ("image", "weird_code", "something odd"), ("image", "not_an_image", "later")])
+    messages = field_messages(
+        [
+            ("patient_id", "missing_patient_id", "patient_id is required"),
+            ("image", "weird_code", "something odd"),
+            ("image", "not_an_image", "later"),
+        ]
+    )
     assert messages["patient_id"].startswith("Enter the patient ID") and messages["image"] == "something odd"
 
 
