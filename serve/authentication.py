@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from pymongo.errors import PyMongoError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from serve.errors import ServiceError, Unavailable, error_response
 from serve.identity import Identity
@@ -138,11 +138,9 @@ class Authenticator:
 def challenge(request: Request) -> Response:
     """401 for the API (Bearer challenge); the login page for a browser."""
     if is_api(request.url.path):
-        return JSONResponse(
-            {"error": {"code": "unauthorized", "message": "send Authorization: Bearer <API key>"}},
-            401,
-            headers={"WWW-Authenticate": 'Bearer realm="cxr"'},
-        )
+        response = error_response(ServiceError(401, "unauthorized", "send Authorization: Bearer <API key>"))
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cxr"'
+        return response
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     login = f"/login?next={quote(target, safe='')}" if request.method == "GET" else "/login"
     if request.headers.get("hx-request") == "true":

@@ -7,7 +7,7 @@ import torch
 from cxr_model.checkpoint import load_network, save_checkpoint
 from cxr_model.classifier import load_checkpoint
 from cxr_model.cli import main as cxr
-from cxr_model.onnx_runtime import OnnxClassifier, onnx_export_matches
+from cxr_model.onnx_runtime import ONNX_FILE, ONNX_RECORD, OnnxClassifier, export_onnx, onnx_export_matches
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,14 @@ def test_an_export_without_the_features_output_is_stale(exported, tmp_path):
     del record["outputs"]  # as written before the out-of-scope gate existed
     (directory / "onnx.json").write_text(json.dumps(record))
     assert not onnx_export_matches(directory, load_network(directory)[1])
+
+
+def test_an_export_beyond_the_tolerance_is_refused_and_removed(tiny_checkpoint, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, directory)
+    # No float32 ONNX graph reproduces torch to 1e-12 on a DenseNet: the check must refuse it.
+    with pytest.raises(RuntimeError, match="differs from torch"):
+        export_onnx(directory, tolerance=1e-12)
+    assert not (directory / ONNX_FILE).exists() and not (directory / ONNX_RECORD).exists()
+    _, card = load_network(directory)
+    assert not onnx_export_matches(directory, card)  # so runtime "auto" serves torch, never the refused graph
