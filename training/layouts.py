@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_model.labels import MULTICLASS, MULTILABEL, LabelSet, canonical_order, normalize_class_name
-from cxr_model.preprocessing import ImageDecodeError, open_image
+from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SPLIT_ALIASES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
@@ -178,7 +178,7 @@ def _check_file(path: Path, max_pixels: int) -> tuple[str, str | None]:
 
 
 def scan_dataset(
-    data_dir: str | Path, layout: str = "auto", max_pixels: int = 50_000_000, threads: int = 4
+    data_dir: str | Path, layout: str = "auto", max_pixels: int = PreprocessSpec.max_pixels, threads: int = 4
 ) -> ScannedDataset:
     root = _unwrap(Path(data_dir).resolve())
     if not root.is_dir():
