@@ -58,13 +58,18 @@ class Session:
         self.name, self.step, self.errors = name, 0, []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        # A blocked or failed subresource (a CSP refusal among them) counts too, with or without JS.
-        self.page.on("requestfailed", lambda r: self.errors.append(f"{r.url}: {r.failure}"))
+        # A blocked or failed subresource (a CSP refusal among them) counts too, with or without JS;
+        # a load the browser itself abandoned because the page navigated on does not.
+        self.page.on("requestfailed", self._request_failed)
         if api_key:  # sign in as a clinician does: paste the key once, the session cookie does the rest
             self.page.goto("/login")
             self.page.fill("#api_key", api_key)
             self.page.click("form[action='/login'] button[type=submit]")
             self.page.wait_for_url(base_url + "/")
+
+    def _request_failed(self, request) -> None:
+        if request.failure != "net::ERR_ABORTED":
+            self.errors.append(f"{request.url}: {request.failure}")
 
     def shot(self, what: str) -> None:
         self.step += 1

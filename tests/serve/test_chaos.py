@@ -26,6 +26,7 @@ from tests.serve.conftest import deploy, deploy_config
 from tests.serve.helpers import chest_png, client, metric_total
 
 CLASSIFIER, INGRESS = "BatchedClassifier", "Ingress"
+BATCH_HOLD_S = 3.0
 
 
 def replica_pids(deployment: str) -> set[int]:
@@ -97,9 +98,7 @@ class SteadyLoad:
         return sum(status == 200 for status in self.statuses) / len(self.statuses)
 
 
-def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_recovers(service, ray_metrics_url):
-    retries = lambda: metric_total(ray_metrics_url, "ray_cxr_prediction_retries_total", reason="replica_gone")  # noqa: E731
-    retried_before = retries()
+def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_recovers(service):
     (victim,) = wait_until(lambda: replica_pids(CLASSIFIER), 60, "a running classifier replica")
     with SteadyLoad(service, "P-CHAOS-1") as load:
         os.kill(victim, signal.SIGKILL)
@@ -111,7 +110,28 @@ def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_rec
     assert after_replacement[-10:] == [200] * 10, after_replacement
     assert load.success_rate >= 0.99, (load.success_rate, sorted(set(load.statuses)))
     assert service.predict(chest_png(4242)).status_code == 200
-    # The requests that the dead replica held were retried, not failed (metrics export every 2 s).
+
+
+def test_a_prediction_whose_replica_dies_mid_batch_is_retried_and_counted(service, ray_metrics_url):
+    """A request already accepted by a replica (waiting in its batch) when the replica dies: Serve's
+    router cannot re-route it, so the Ingress retries it on the replacement and counts the retry."""
+
+    def retries() -> float:
+        return metric_total(ray_metrics_url, "ray_cxr_prediction_retries_total", reason="replica_gone")
+
+    retried_before = retries()
+    service.redeploy({"batch_wait_timeout_s": BATCH_HOLD_S})  # a lone request now waits in the replica
+    try:
+        (victim,) = wait_until(lambda: replica_pids(CLASSIFIER), 60, "a running classifier replica")
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(service.predict, chest_png(4343), patient_id="P-CHAOS-5")
+            time.sleep(BATCH_HOLD_S / 2)  # accepted, and held in the batch
+            os.kill(victim, signal.SIGKILL)
+            response = answer.result(timeout=120)
+    finally:
+        service.redeploy({"batch_wait_timeout_s": 0.2})
+    assert response.status_code == 200, response.text
+    # Counted by the Ingress that retried it (Ray exports application metrics every 2 s here).
     wait_until(lambda: retries() > retried_before, 60, "the retry counter to rise")
 
 

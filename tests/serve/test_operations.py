@@ -32,6 +32,10 @@ def test_prometheus_endpoint_exports_serve_and_app_metrics(service, ray_metrics_
         "ray_cxr_inference_seconds_bucket",
         "ray_cxr_model_info",
         "ray_serve_num_http_requests",
+        # Exported every 2 s: wait for this test's own samples too, not only for the series names.
+        'reason="not_an_image"',
+        'stage="storage"',
+        'stage="decode"',
     ]
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
