@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from cxr_model.codestream import declared_size
 from cxr_model.formats import ImageDecodeError
 
 DICOM_MAGIC_OFFSET = 128
@@ -44,11 +45,6 @@ class DicomHeader:
 
 def is_dicom(data: bytes) -> bool:
     return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
-
-
-def zero_preamble(data: bytes) -> bytes:
-    """The stored original: the 128-byte preamble is free-form and can carry another file format."""
-    return bytes(PREAMBLE) + data[PREAMBLE:] if is_dicom(data) else data
 
 
 def _dataset(data: bytes, header_only: bool):
@@ -131,12 +127,43 @@ def _read_header(data: bytes, max_pixels: int) -> DicomHeader:
     )
 
 
+def _first_frame(ds, frames: int) -> bytes | None:
+    from pydicom.encaps import generate_frames
+
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception:  # corrupt encapsulation: the decoder's own error reports it
+        return None
+
+
+def _check_codestream(ds, header: DicomHeader, max_pixels: int) -> None:
+    """A compressed frame's codestream must declare the header's size, within the budget, before a
+    decoder sees it (decoders allocate what the codestream declares)."""
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    frame = _first_frame(ds, header.frames)
+    size = declared_size(frame) if frame else None
+    if size is None:
+        return
+    width, height = size
+    if width * height * header.frames > max_pixels:
+        raise DicomError(
+            "too_many_pixels", f"the compressed image declares {width}x{height} pixels, over the limit of {max_pixels}"
+        )
+    if (width, height) != (header.columns, header.rows):
+        raise DicomError(
+            "dicom_inconsistent",
+            f"the compressed image is {width}x{height} but the header says {header.columns}x{header.rows}",
+        )
+
+
 def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, DicomHeader]:
     """Checked header, then a 16-bit greyscale PIL image of the first frame."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     header = read_header(data, max_pixels)
     ds = _dataset(data, header_only=False)
+    _check_codestream(ds, header, max_pixels)
     try:
         pixels = ds.pixel_array
         if header.frames > 1:

@@ -14,8 +14,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serve.api_keys import MAX_RATE_LIMIT
 from serve.authentication import identity_of
 from serve.errors import InputError, NotFound, ServiceError, error_response
+from serve.identity import AUDIT, KEYS, MODEL, PREDICT, READ_OWN, ROLES
 from serve.images import image_response
 from serve.inputs import validate_page, validate_patient_id
 from serve.prediction import public_record
@@ -26,6 +28,7 @@ from serve.uploads import read_upload
 
 OPENAPI = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
 READY_CHECKS = ("model", "database")
+MAX_AUDIT_ENTRIES = 1000
 
 
 class Api(RouteOwner):
@@ -36,7 +39,7 @@ class Api(RouteOwner):
     async def error_response(self, request: Request, error: ServiceError) -> Response:
         return error_response(error)
 
-    @route("/api/v1/predictions", "POST")
+    @route("/api/v1/predictions", "POST", needs=PREDICT, upload=True)
     async def create_prediction(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -44,25 +47,27 @@ class Api(RouteOwner):
         except InputError as exc:  # the body itself was refused
             self.predictions.reject(exc)
             raise
-        checked = self.predictions.check(upload)
+        checked = await self.predictions.check(upload)
         prediction = await self.predictions.predict_within_deadline(checked, started)
         body = prediction.api_body()
         if checked.save:
             saved = await self.predictions.save(prediction, identity_of(request))
+            if saved.key_reused:
+                raise ServiceError(409, "idempotency_key_reused", saved.reason, "request_id")
             body["saved"], body["prediction_id"] = saved.saved, saved.prediction_id
             if not saved.saved:
                 body["save_error"] = saved.reason
         body["timings_ms"] = {**prediction.timings_ms, "total": round((time.perf_counter() - started) * 1000, 2)}
         return JSONResponse(body)
 
-    @route("/api/v1/predictions/{prediction_id}")
+    @route("/api/v1/predictions/{prediction_id}", needs=READ_OWN)
     async def get_prediction(self, request: Request) -> Response:
         record = await self.store.get.remote(request.path_params["prediction_id"], identity_of(request))
         if record is None:
             raise NotFound("no such prediction")
         return JSONResponse(public_record(record))
 
-    @route("/api/v1/predictions/{prediction_id}/image")
+    @route("/api/v1/predictions/{prediction_id}/image", needs=READ_OWN)
     async def get_image(self, request: Request) -> Response:
         kind = request.query_params.get("kind", "original")
         if kind not in IMAGE_KINDS:
@@ -70,9 +75,9 @@ class Api(RouteOwner):
         data = await self.store.image.remote(request.path_params["prediction_id"], kind, identity_of(request))
         if data is None:
             raise NotFound("no such image")
-        return image_response(data, self.settings.image_cache_s)
+        return image_response(data, f"private, max-age={self.settings.image_cache_s}")
 
-    @route("/api/v1/patients/{patient_id}/predictions")
+    @route("/api/v1/patients/{patient_id}/predictions", needs=READ_OWN)
     async def patient_predictions(self, request: Request) -> Response:
         patient_id = validate_patient_id(request.path_params["patient_id"])
         page, page_size = validate_page(request.query_params.get("page"), request.query_params.get("page_size"))
@@ -87,19 +92,19 @@ class Api(RouteOwner):
             }
         )
 
-    @route("/api/v1/model")
+    @route("/api/v1/model", needs=MODEL)
     async def model(self, request: Request) -> Response:
         return JSONResponse((await self.predictions.card(refresh=True)).to_dict())
 
-    @route("/api/v1/openapi.json", public=True)
+    @route("/api/v1/openapi.json", needs=None)
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
-    @route("/healthz", public=True)
+    @route("/healthz", needs=None)
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    @route("/readyz", public=True)
+    @route("/readyz", needs=None)
     async def readyz(self, request: Request) -> Response:
         """Model loaded and database reachable; ``?checks=model`` limits it (pod readiness: a
         MongoDB outage must not take predictions down, since they still work, marked not saved)."""
@@ -119,3 +124,52 @@ class Api(RouteOwner):
                 pass
         ok = all(checks.values())
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+
+    @route("/api/v1/audit", needs=AUDIT)
+    async def audit_log(self, request: Request) -> Response:
+        """The audit log, newest first, filtered by plain values (auditors and admins)."""
+        params = request.query_params
+        query = {name: params[name] for name in ("patient_id", "actor", "prediction_id", "action") if name in params}
+        limit = params.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_AUDIT_ENTRIES:
+            raise InputError(400, "bad_limit", f"limit is a whole number from 1 to {MAX_AUDIT_ENTRIES}", "limit")
+        entries = await self.store.audit_entries.remote(identity_of(request), limit=int(limit), **query)
+        return JSONResponse({"items": [entry | {"at": entry["at"].isoformat()} for entry in entries]})
+
+    @route("/api/v1/keys", needs=KEYS)
+    async def list_keys(self, request: Request) -> Response:
+        keys = await self.store.list_keys.remote()
+        return JSONResponse(
+            {"items": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in key.items()} for key in keys]}
+        )
+
+    @route("/api/v1/keys", "POST", needs=KEYS)
+    async def create_key(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise InputError(400, "bad_json", "send a JSON object: name, role, rate_limit_per_minute")
+        name, role, limit = body.get("name"), body.get("role", "clinician"), body.get("rate_limit_per_minute")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100 or role not in ROLES:
+            raise InputError(400, "bad_key", f"name is 1-100 characters, role one of {ROLES}", "name")
+        if isinstance(limit, float) and limit.is_integer():  # JSON does not tell 60 from 60.0
+            limit = int(limit)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RATE_LIMIT
+        ):
+            raise InputError(
+                400,
+                "bad_key",
+                f"rate_limit_per_minute is a whole number from 1 to {MAX_RATE_LIMIT}",
+                "rate_limit_per_minute",
+            )
+        key_id, token = await self.store.create_key.remote(identity_of(request), name, role, limit)
+        return JSONResponse({"key_id": key_id, "api_key": token, "name": name, "role": role}, 201)
+
+    @route("/api/v1/keys/{key_id}", "DELETE", needs=KEYS)
+    async def revoke_key(self, request: Request) -> Response:
+        if not await self.store.revoke_key.remote(identity_of(request), request.path_params["key_id"]):
+            raise NotFound("no such active key")
+        return Response(status_code=204)

@@ -20,6 +20,7 @@ from serve.identity import ROLES, Identity
 
 API_KEYS = "api_keys"
 TOKEN_PREFIX = "cxr"
+MAX_RATE_LIMIT = 1_000_000  # per minute; also keeps the stored number within the database's integers
 
 
 def _secret_hash(secret: str) -> str:
@@ -43,6 +44,8 @@ class ApiKeys:
             raise ValueError(f"role must be one of {ROLES}")
         if not name or len(name) > 100:
             raise ValueError("name must be 1-100 characters")
+        if rate_limit_per_minute is not None and not 1 <= rate_limit_per_minute <= MAX_RATE_LIMIT:
+            raise ValueError(f"the rate limit must be 1-{MAX_RATE_LIMIT} requests per minute")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32).replace("_", "-")
         self.collection.insert_one(
             {

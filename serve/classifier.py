@@ -10,6 +10,7 @@ batch size and wait time at runtime.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,15 @@ from serve.metrics import ClassifierMetrics
 from serve.model_results import Explanation, InputSizeMismatch, ModelInfo, ModelOutput, OutOfScope
 
 RUNTIMES = ("auto", "torch", "onnx")
+
+
+class ExpectedRefusals(logging.Filter):
+    """Serve logs every exception a replica method raises as an ERROR with its traceback. A refusal
+    is an answer, not a failure: it is counted in the metrics and answered 422/503 by the Ingress."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (OutOfScope, InputSizeMismatch))
 
 
 def stack_inputs(grays: list[np.ndarray], spec) -> torch.Tensor:
@@ -76,6 +86,7 @@ class BatchedClassifier:
         self.threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(self.threads)
         self.metrics = ClassifierMetrics()
+        logging.getLogger("ray.serve").addFilter(ExpectedRefusals())
         self.served = self._load(checkpoint)
         self._mark_loaded(self.served.card)
 

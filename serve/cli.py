@@ -62,7 +62,16 @@ def _keys(args) -> int:
 
 
 def register_audit(subparsers) -> None:
-    parser = subparsers.add_parser("audit", help="who created, viewed or exported which study (newest first)")
+    parser = subparsers.add_parser(
+        "audit", help="who created, viewed or exported which prediction (newest first), or verify the log's chain"
+    )
+    parser.add_argument(
+        "check",
+        nargs="?",
+        choices=("verify",),
+        help="verify: walk the hash chain and report deleted, altered or reordered entries (exit 1) "
+        "(default: list entries)",
+    )
     parser.add_argument("--patient-id", help="only this patient's entries (default: every patient)")
     parser.add_argument("--actor", help="only this key name or SSO user (default: anyone)")
     parser.add_argument("--prediction-id", help="only this prediction's entries (default: every prediction)")
@@ -78,7 +87,19 @@ def register_audit(subparsers) -> None:
     parser.set_defaults(func=_audit)
 
 
+def _verify(audit: AuditLog) -> int:
+    check = audit.verify()
+    for problem in check.problems:
+        print(f"TAMPERED: {problem}")
+    state = "intact" if check.intact else f"BROKEN ({len(check.problems)} problems)"
+    print(f"audit chain {state}: {check.entries} entries, head {check.head}")
+    print("Keep the head hash elsewhere: a later run that no longer reaches it shows a cut-off tail.")
+    return 0 if check.intact else 1
+
+
 def _audit(args) -> int:
+    if args.check == "verify":
+        return _verify(AuditLog(_database(ServeSettings())))
     since = datetime.now(timezone.utc) - timedelta(days=args.days) if args.days else None
     entries = AuditLog(_database(ServeSettings())).query(
         patient_id=args.patient_id,

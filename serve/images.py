@@ -9,7 +9,7 @@ from PIL import Image
 from starlette.responses import Response
 
 from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, to_png
-from cxr_model.dicom import zero_preamble
+from cxr_model.deidentify import deidentify
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.preprocessing import display_image, sniff_format
 from serve.prediction import Prediction
@@ -39,7 +39,7 @@ def gradcam_overlay(prediction: Prediction, image: Image.Image | None = None) ->
 def stored_images(prediction: Prediction) -> dict[str, bytes]:
     """What a save stores. Drawn and encoded only then: PNG encoding is the costliest CPU work
     after the model, and plain predictions should not pay for it."""
-    images = {"original": zero_preamble(prediction.request.data), "annotated": to_png(annotated(prediction))}
+    images = {"original": deidentify(prediction.request.data), "annotated": to_png(annotated(prediction))}
     if prediction.heatmap is not None:
         images["gradcam"] = to_png(gradcam_overlay(prediction))
     return images
@@ -57,7 +57,12 @@ def jpeg(image: Image.Image, quality: int = 88) -> bytes:
     return buffer.getvalue()
 
 
-def image_response(data: bytes, cache_s: int, media_type: str | None = None) -> Response:
+# The pages' images are never kept by the browser: a shared workstation must hold no patient image
+# once its user has logged out. API clients may cache for CXR_IMAGE_CACHE_S.
+PAGE_IMAGE_CACHE = "private, no-store"
+
+
+def image_response(data: bytes, cache_control: str, media_type: str | None = None) -> Response:
     """An image as an HTTP response, typed by its magic bytes (stored originals may be DICOM)."""
     media = media_type or MEDIA_TYPES.get(sniff_format(data), "image/png")
-    return Response(data, media_type=media, headers={"Cache-Control": f"private, max-age={cache_s}"})
+    return Response(data, media_type=media, headers={"Cache-Control": cache_control})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pymongo.errors import PyMongoError
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -43,8 +44,17 @@ class Ingress:
         routes = build_routes(self.api, self.authenticator) + build_routes(self.pages, self.authenticator)
         return Starlette(
             routes=routes + [Mount("/static", StaticFiles(directory=STATIC_DIR))],
-            exception_handlers={PyMongoError: self.database_unavailable},
+            exception_handlers={PyMongoError: self.database_unavailable, BackPressureError: self.busy},
             middleware=[Middleware(SecurityHeaders)],
+        )
+
+    async def busy(self, request: Request, exc: Exception) -> Response:
+        # A store (or classifier) queue is full: a fast refusal with Retry-After, never a 500.
+        return refusal(
+            request,
+            Unavailable(
+                503, "overloaded", "the service is at capacity; retry shortly", self.settings.retry_after_overloaded_s
+            ),
         )
 
     async def database_unavailable(self, request: Request, exc: Exception) -> Response:

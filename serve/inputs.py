@@ -39,6 +39,7 @@ _DECODE_STATUS = {
     "dicom_modality": 422,
     "dicom_not_chest": 422,
     "dicom_not_greyscale": 422,
+    "dicom_inconsistent": 422,
     "trailing_data": 422,
 }
 
@@ -140,8 +141,9 @@ def check_request(fields: dict, data: bytes | None, max_pixels: int, filename: s
     """All of a request's fields, validated; ``InvalidRequest`` lists every problem (patient ID first)."""
     errors, values = [], {}
     form_patient = (fields.get("patient_id") or "").strip()
+    confirmed = flag(fields.get("confirm_patient_id", ""))
     checks = [
-        ("patient_id", lambda: validate_patient_id(form_patient or dicom_patient_id(data))),
+        ("patient_id", lambda: choose_patient_id(form_patient, dicom_patient_id(data), confirmed)),
         ("request_id", lambda: validate_request_id(fields.get("request_id")) or uuid.uuid4().hex),
         ("explain", lambda: validate_explain(fields.get("explain", ""))),
         ("image", lambda: decode_required(data, max_pixels)),
@@ -162,6 +164,20 @@ def check_request(fields: dict, data: bytes | None, max_pixels: int, filename: s
         values["image"],
         filename,
     )
+
+
+def choose_patient_id(typed: str, in_header: str | None, confirmed: bool) -> str:
+    """The typed ID, else the DICOM header's; a typed ID that contradicts the header needs confirming
+    (a wrong patient on a radiograph is the error this service must not make silently)."""
+    if typed and in_header and typed != in_header.strip() and not confirmed:
+        raise InputError(
+            422,
+            "patient_id_mismatch",
+            "patient_id differs from the DICOM file's Patient ID; check the patient, then send "
+            "confirm_patient_id=1 to use the typed one",
+            "patient_id",
+        )
+    return validate_patient_id(typed or in_header)
 
 
 def validate_explain(value: str) -> bool:

@@ -17,15 +17,25 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from cxr_model.annotate import DEMO_NOTICE, NOTICE
 from cxr_model.preprocessing import open_image
 from serve import csrf
-from serve.authentication import Authenticator, identity_of
+from serve.authentication import Authenticator, identity_of, too_many
 from serve.errors import InputError, InvalidRequest, ServiceError, Unavailable
-from serve.held_uploads import HeldUploads
-from serve.images import THUMBNAIL_SIDE, annotated, display_copy, gradcam_overlay, image_response, jpeg
+from serve.held_uploads import HeldUploads, held_size
+from serve.identity import MODEL, PREDICT, READ_OWN
+from serve.images import (
+    PAGE_IMAGE_CACHE,
+    THUMBNAIL_SIDE,
+    annotated,
+    display_copy,
+    gradcam_overlay,
+    image_response,
+    jpeg,
+)
 from serve.inputs import MAX_PAGE, validate_page, validate_patient_id
 from serve.prediction import Prediction, public_record
 from serve.predictions import PredictionService
 from serve.records import IMAGE_KINDS, SaveResult
 from serve.routes import RouteOwner, route
+from serve.sessions import SESSION_COOKIE, SessionCookies
 from serve.uploads import Upload, read_small_form, read_upload
 from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, is_htmx, probability_rows
 
@@ -37,6 +47,7 @@ UNAVAILABLE = {
     "overloaded": "The service is busy right now. Try again in a few seconds.",
     "timeout": "The prediction took too long. Try again in a few seconds.",
 }
+KEY_REUSED = "This form was already used to save another image or patient. Reload the page and try again."
 NOT_HELD = (
     "This prediction is no longer held for saving (results are kept for 15 minutes). "
     "Choose the image again and tick 'Save to record'."
@@ -66,6 +77,10 @@ def result_view(prediction: Prediction, saved: SaveResult | None = None, can_sav
         "save_error": saved.reason if saved and not saved.saved else None,
         "can_save": can_save,
     }
+
+
+def thumbnail_jpeg(data: bytes, max_pixels: int) -> bytes:
+    return jpeg(display_copy(open_image(data, max_pixels), THUMBNAIL_SIDE))
 
 
 def _secure(request: Request) -> bool:
@@ -152,7 +167,7 @@ class Pages(RouteOwner):
 
     # -- new prediction ------------------------------------------------------------------------------
 
-    @route("/")
+    @route("/", needs=PREDICT)
     async def new_prediction(self, request: Request) -> Response:
         return await self._page(request, "new_prediction.html", None, form=self._form(), result=None, error=None)
 
@@ -161,17 +176,17 @@ class Pages(RouteOwner):
         request_id = upload.fields.get("request_id")  # the page's hidden field; a bare client may omit it
         if upload.data is None or not request_id or {"image", "request_id"} & set(errors) or is_htmx(request.headers):
             return None
-        self.held.put(request_id, (upload.data, upload.filename), len(upload.data))
+        self.held.put(request_id, (upload.data, upload.filename), held_size(None, upload.data))
         return upload.filename or "the uploaded image"
 
-    @route("/predictions", "POST", form="upload_form")
+    @route("/predictions", "POST", needs=PREDICT, form="upload_form", upload=True)
     async def create_prediction(self, request: Request, upload: Upload) -> Response:
         started = time.perf_counter()
         held = self.held.get(upload.fields.get("request_id")) if upload.data is None else None
         if isinstance(held, tuple):  # a plain post re-using the file from the last attempt
             upload.data, upload.filename = held
         try:
-            checked = self.predictions.check(upload)
+            checked = await self.predictions.check(upload)
         except InvalidRequest as exc:
             errors = field_messages(exc.triples())
             keep = self._hold_for_retry(request, upload, errors)
@@ -185,8 +200,10 @@ class Pages(RouteOwner):
             response.headers.update(exc.headers())
             return response
         saved = await self.predictions.save(prediction, identity_of(request)) if checked.save else None
+        if saved is not None and saved.key_reused:
+            return await self._error_page(request, 409, upload.fields, {"form": KEY_REUSED})
         if not (saved and saved.saved):
-            self.held.put(checked.request_id, prediction, len(checked.data))
+            self.held.put(checked.request_id, prediction, held_size(prediction, checked.data))
         return await self._show_result(request, prediction, saved)
 
     async def _show_result(self, request: Request, prediction: Prediction, saved: SaveResult | None) -> Response:
@@ -198,21 +215,23 @@ class Pages(RouteOwner):
             "_prediction_result.html",
             form=self._form({"patient_id": prediction.request.patient_id}),
             error=None,
-            result=result_view(prediction, saved, not (saved and saved.saved)),
+            result=await self.predictions.off_loop(result_view, prediction, saved, not (saved and saved.saved)),
         )
 
-    @route("/predictions/save", "POST", form="small_form")
+    @route("/predictions/save", "POST", needs=PREDICT, form="small_form")
     async def save_prediction(self, request: Request, form: Upload) -> Response:
         prediction = self.held.get(form.fields.get("request_id", ""))
         if not isinstance(prediction, Prediction):
             return await self._error_page(request, 409, {}, {"form": NOT_HELD})
         # Kept after saving: a repeated click saves nothing new (the request id is the record's key).
         saved = await self.predictions.save(prediction, identity_of(request))
+        if saved.key_reused:
+            return await self._error_page(request, 409, {}, {"form": KEY_REUSED})
         return await self._show_result(request, prediction, saved)
 
     # -- stored predictions --------------------------------------------------------------------------
 
-    @route("/predictions/{prediction_id}")
+    @route("/predictions/{prediction_id}", needs=READ_OWN)
     async def prediction(self, request: Request) -> Response:
         try:
             record = await self.store.get.remote(request.path_params["prediction_id"], identity_of(request))
@@ -233,7 +252,7 @@ class Pages(RouteOwner):
         )
         return await self._page(request, "prediction.html", None, record=record, rows=rows)
 
-    @route("/predictions/{prediction_id}/image")
+    @route("/predictions/{prediction_id}/image", needs=READ_OWN)
     async def prediction_image(self, request: Request) -> Response:
         kind = request.query_params.get("kind", "original")
         if kind not in IMAGE_KINDS:
@@ -242,20 +261,20 @@ class Pages(RouteOwner):
             data = await self.store.image.remote(request.path_params["prediction_id"], kind, identity_of(request))
         except Exception:
             return Response(status_code=503)
-        return Response(status_code=404) if data is None else image_response(data, self.settings.image_cache_s)
+        return Response(status_code=404) if data is None else image_response(data, PAGE_IMAGE_CACHE)
 
-    @route("/predictions/{prediction_id}/thumbnail")
+    @route("/predictions/{prediction_id}/thumbnail", needs=READ_OWN)
     async def thumbnail(self, request: Request) -> Response:
         try:
-            data = await self.store.thumbnail_source.remote(request.path_params["prediction_id"])
+            data = await self.store.thumbnail_source.remote(request.path_params["prediction_id"], identity_of(request))
         except Exception:
             return Response(status_code=503)
         if data is None:
             return Response(status_code=404)
-        thumbnail = jpeg(display_copy(open_image(data, self.settings.max_pixels), THUMBNAIL_SIDE))
-        return image_response(thumbnail, self.settings.image_cache_s, "image/jpeg")
+        thumbnail = await self.predictions.off_loop(thumbnail_jpeg, data, self.settings.max_pixels)
+        return image_response(thumbnail, PAGE_IMAGE_CACHE, "image/jpeg")
 
-    @route("/studies{rest:path}", "GET", "POST", public=True)
+    @route("/studies{rest:path}", "GET", "POST", needs=None)
     async def legacy_study_urls(self, request: Request) -> Response:
         """The pages' URLs before predictions had their own name; 308 keeps a form post's method and body."""
         target = "/predictions" + request.path_params["rest"]
@@ -263,7 +282,7 @@ class Pages(RouteOwner):
             target += "?" + request.url.query
         return RedirectResponse(target, 301 if request.method == "GET" else 308)
 
-    @route("/patients")
+    @route("/patients", needs=READ_OWN)
     async def patients(self, request: Request) -> Response:
         raw = request.query_params.get("patient_id", "").strip()
         context = {"patient_id": raw, "items": [], "total": 0, "page": 1, "pages": 0, "error": None}
@@ -285,7 +304,7 @@ class Pages(RouteOwner):
                 context["error"], status = "Patient records are unavailable: the database cannot be reached.", 503
         return await self._page(request, "patients.html", "_patient_results.html", status, **context)
 
-    @route("/model")
+    @route("/model", needs=MODEL)
     async def model(self, request: Request) -> Response:
         card = (await self.predictions.card(refresh=True)).to_dict()
         return await self._page(
@@ -294,7 +313,7 @@ class Pages(RouteOwner):
 
     # -- sign-in -------------------------------------------------------------------------------------
 
-    @route("/login", public=True)
+    @route("/login", needs=None)
     async def login_form(self, request: Request, status: int = 200, error: str | None = None) -> Response:
         return await self._page(
             request,
@@ -306,25 +325,38 @@ class Pages(RouteOwner):
             next=_local_path(request.query_params.get("next")),
         )
 
-    @route("/login", "POST", public=True, form="small_form")
+    @route("/login", "POST", needs=None, form="small_form")
     async def login(self, request: Request, form: Upload) -> Response:
         """An API key pasted once starts a page session (HttpOnly, SameSite=Strict cookie)."""
         if self.settings.auth != "api_key":
             return RedirectResponse("/", 303)
         token = form.fields.get("api_key", "").strip()
+        client = request.client.host if request.client else None
         identity = await self.authenticator.verify_token(token) if token else None
-        if identity is None:
+        if identity is None:  # a wrong key costs the client address a token: no guessing at speed
+            wait = self.authenticator.refusals.take(client or "-")
+            if wait > 0:
+                return too_many(request, wait)
             return await self.login_form(request, 401, "This API key is not valid or has been revoked.")
-        await self.store.record_login.remote(identity, request.client.host if request.client else None)
+        session_id = await self.store.start_session.remote(identity, client)
         response = RedirectResponse(_local_path(form.fields.get("next")), 303)
-        sessions = self.authenticator.sessions
-        response.headers.append("set-cookie", sessions.cookie_header(sessions.issue(identity.key_id), _secure(request)))
+        response.headers.append("set-cookie", self.authenticator.cookies.header(session_id, _secure(request)))
         return response
 
-    @route("/logout", "POST", public=True, form="small_form")
+    @route("/logout", "POST", needs=None, form="small_form")
     async def logout(self, request: Request, form: Upload) -> Response:
+        """Ends the session server-side, so a copy of the cookie stops working too."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        session_id = self.authenticator.cookies.session_id(cookie)
+        if session_id is not None:
+            try:
+                identity = await self.authenticator.session_identity(cookie)
+                await self.store.end_session.remote(session_id, identity)
+            except Exception:  # the database is down: the cookie still goes, the session ends by idling
+                pass
+            self.authenticator.forget(cookie)
         response = RedirectResponse("/login", 303)
-        response.headers.append("set-cookie", self.authenticator.sessions.clear_header())
+        response.headers.append("set-cookie", SessionCookies.clear_header())
         return response
 
 

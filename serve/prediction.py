@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve.identity import Identity
 from serve.inputs import PredictionRequest
 from serve.model_results import ModelOutput
-from serve.records import now
+from serve.records import now, request_fingerprint
 
 
 @dataclass
@@ -49,9 +50,15 @@ class Prediction:
             "model": self.model,
         }
 
-    def record(self, created_by: str) -> dict:
+    def record(self, actor: Identity) -> dict:
         """The stored record, without its files (the store adds those)."""
-        return self._result() | {"created_at": now(), "created_by": created_by}
+        fingerprint = request_fingerprint(self.request.patient_id, self.request.data)
+        return self._result() | {
+            "created_at": now(),
+            "created_by": actor.name,
+            "created_by_key": actor.owner,
+            "request_fingerprint": fingerprint,
+        }
 
     def api_body(self) -> dict:
         body = self._result() | {"batch_size": self.output.batch_size, "saved": False, "prediction_id": None}
@@ -60,9 +67,12 @@ class Prediction:
         return body
 
 
+INTERNAL_FIELDS = ("_id", "files", "created_by_key", "request_fingerprint")
+
+
 def public_record(record: dict) -> dict:
     """A stored record as the API shows it: ids as strings, dates as ISO 8601."""
-    out = {k: v for k, v in record.items() if k not in ("_id", "files")}
+    out = {k: v for k, v in record.items() if k not in INTERNAL_FIELDS}
     out["prediction_id"] = record["_id"]
     out["created_at"] = record["created_at"].isoformat()
     out["images"] = {kind: f"/api/v1/predictions/{record['_id']}/image?kind={kind}" for kind in record["files"]}

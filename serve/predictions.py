@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -33,15 +34,23 @@ class PredictionService:
         self.classifier, self.store, self.settings = classifier, store, settings
         self._card: ModelCard | None = None
         self.metrics = IngressMetrics()
+        self.workers = ThreadPoolExecutor(settings.ingress_threads, thread_name_prefix="ingress-cpu")
 
     async def card(self, refresh: bool = False) -> ModelCard:
         if self._card is None or refresh:
             self._card = ModelCard.from_dict(await self.classifier.model_card.remote())
         return self._card
 
-    def check(self, upload: Upload) -> PredictionRequest:
+    async def off_loop(self, function, *args):
+        """CPU work (decoding, resizing, drawing, encoding) on the Ingress's worker threads, so the
+        event loop keeps answering other requests, health probes among them, meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, function, *args)
+
+    async def check(self, upload: Upload) -> PredictionRequest:
         try:
-            return check_request(upload.fields, upload.data, self.settings.max_pixels, upload.filename)
+            return await self.off_loop(
+                check_request, upload.fields, upload.data, self.settings.max_pixels, upload.filename
+            )
         except InvalidRequest as exc:
             self.reject(exc.errors[0])
             raise
@@ -62,14 +71,15 @@ class PredictionService:
         return InvalidRequest([error])
 
     async def _levels(self, request: PredictionRequest, refresh: bool = False):
-        return model_levels(request.original, (await self.card(refresh)).preprocess_spec)
+        return await self.off_loop(model_levels, request.original, (await self.card(refresh)).preprocess_spec)
 
     async def predict(self, request: PredictionRequest, started: float | None = None) -> Prediction:
         """Classify one checked request; ``InvalidRequest`` (422 out_of_scope) when it is no chest radiograph."""
         started = time.perf_counter() if started is None else started
         card = await self.card()
         gray = await self._levels(request)
-        verdict = check_image(request.original, gray, ImageLimits.from_dict((card.scope or {}).get("image_limits")))
+        limits = ImageLimits.from_dict((card.scope or {}).get("image_limits"))
+        verdict = await self.off_loop(check_image, request.original, gray, limits)
         decoded = time.perf_counter()
         self.metrics.stage_seconds.observe(decoded - started, tags={"stage": "decode"})
         if not verdict.in_scope:  # refused before the model runs
@@ -131,6 +141,7 @@ class PredictionService:
 
     async def save(self, prediction: Prediction, actor: Identity) -> SaveResult:
         started = time.perf_counter()
-        saved = await self.store.save.remote(prediction.record(actor.name), stored_images(prediction), actor)
+        images = await self.off_loop(stored_images, prediction)
+        saved = await self.store.save.remote(prediction.record(actor), images, actor)
         self.metrics.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
         return saved

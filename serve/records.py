@@ -1,8 +1,11 @@
 """Prediction records and their images in MongoDB, through pymongo only.
 
 Images go to GridFS first, then the record that points at them, so no record ever names a
-missing file. ``request_id`` is unique: a repeated or concurrent save of the same request
-returns the one stored record, and the loser of a race removes the files it uploaded. Writes
+missing file. ``request_id`` is an idempotency key scoped to its caller (``created_by_key``): a
+repeated or concurrent save of the same request returns the one stored record, and the loser of a
+race removes the files it uploaded. The same key with another payload (another patient or image,
+whose ``request_fingerprint`` differs) is refused as ``key_reused``, storing nothing; another
+caller's key is another key. Writes
 use write concern ``majority``. When the database cannot be reached, ``save`` says so
 (``SaveResult.saved`` False with a reason); it never claims a save that did not happen. Files
 that an interrupted save leaves behind are ``serve.orphans``' job.
@@ -10,6 +13,7 @@ that an interrupted save leaves behind are ``serve.orphans``' job.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,8 +32,17 @@ IMAGE_KINDS = ("original", "annotated", "gradcam")
 class SaveResult:
     saved: bool
     prediction_id: str | None = None
-    duplicate: bool = False  # the request id was stored before: this is that record
+    duplicate: bool = False  # the request id was stored before, for the same payload: this is that record
     reason: str | None = None  # why it was not saved
+    key_reused: bool = False  # the caller's request id names an earlier save of another payload
+
+
+KEY_REUSED = SaveResult(False, reason="this request_id was used before for another patient or image", key_reused=True)
+
+
+def request_fingerprint(patient_id: str, original: bytes) -> str:
+    """What makes a retry the same request: the patient and the image's exact bytes."""
+    return hashlib.sha256(patient_id.encode() + b"\0" + hashlib.sha256(original).digest()).hexdigest()
 
 
 PREDICTION_SCHEMA = {
@@ -48,6 +61,8 @@ PREDICTION_SCHEMA = {
     "properties": {
         "_id": {"bsonType": "string"},
         "request_id": {"bsonType": "string"},
+        "created_by_key": {"bsonType": "string"},
+        "request_fingerprint": {"bsonType": "string", "pattern": "^[0-9a-f]{64}$"},
         "patient_id": {"bsonType": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
         "created_at": {"bsonType": "date"},
         "probabilities": {"bsonType": "object"},
@@ -96,7 +111,11 @@ class PredictionRecords:
         except CollectionInvalid:
             self.db.command("collMod", PREDICTIONS, validator={"$jsonSchema": PREDICTION_SCHEMA})
         collection = self.db[PREDICTIONS]
-        collection.create_index([("request_id", ASCENDING)], unique=True, name="request_id_unique")
+        if "request_id_unique" in collection.index_information():  # before keys were scoped to their caller
+            collection.drop_index("request_id_unique")
+        collection.create_index(
+            [("created_by_key", ASCENDING), ("request_id", ASCENDING)], unique=True, name="request_id_per_caller"
+        )
         collection.create_index([("patient_id", ASCENDING), ("created_at", DESCENDING)], name="patient_recent")
         self.db["images.files"].create_index([("uploadDate", ASCENDING)], name="upload_date")
         self._schema_ready = True
@@ -108,17 +127,25 @@ class PredictionRecords:
         except PyMongoError:
             return False
 
-    def _existing(self, request_id: str) -> dict | None:
-        return self.db[PREDICTIONS].find_one({"request_id": request_id})
+    def _existing(self, record: dict) -> SaveResult | None:
+        """The earlier save of this caller's request id: the same payload (a retry) or a reused key."""
+        existing = self.db[PREDICTIONS].find_one(
+            {"created_by_key": record["created_by_key"], "request_id": record["request_id"]}
+        )
+        if existing is None:
+            return None
+        if existing.get("request_fingerprint") != record["request_fingerprint"]:
+            return KEY_REUSED
+        return SaveResult(True, existing["_id"], duplicate=True)
 
     def save(self, record: dict, images: dict[str, bytes]) -> SaveResult:
         """Store images then the record; never claims a save that did not happen."""
         uploaded = []
         try:
             self.ensure_schema()
-            existing = self._existing(record["request_id"])
+            existing = self._existing(record)
             if existing is not None:
-                return SaveResult(True, existing["_id"], duplicate=True)
+                return existing
             prediction_id = uuid.uuid4().hex
             files = {}
             for kind, data in images.items():
@@ -140,8 +167,7 @@ class PredictionRecords:
             except DuplicateKeyError:
                 # A concurrent save of the same request won; keep its record, drop our files.
                 self._discard(uploaded)
-                existing = self._existing(record["request_id"])
-                return SaveResult(True, existing["_id"], duplicate=True)
+                return self._existing(record) or SaveResult(False, reason="a concurrent save failed")
             return SaveResult(True, prediction_id)
         except WriteError as exc:
             self._discard(uploaded)
@@ -157,8 +183,10 @@ class PredictionRecords:
             except PyMongoError:
                 pass  # left for the orphan sweep: files whose prediction_id has no record
 
-    def get(self, prediction_id: str) -> dict | None:
-        return self.db[PREDICTIONS].find_one({"_id": prediction_id})
+    def get(self, prediction_id: str, owner: str | None = None) -> dict | None:
+        """A record; with ``owner``, only if that caller saved it."""
+        query = {"_id": prediction_id} | ({"created_by_key": owner} if owner is not None else {})
+        return self.db[PREDICTIONS].find_one(query)
 
     def image(self, prediction_id: str, kind: str, record: dict | None = None) -> bytes | None:
         record = record or self.get(prediction_id)
@@ -166,8 +194,10 @@ class PredictionRecords:
             return None
         return self.files.get(record["files"][kind]).read()
 
-    def by_patient(self, patient_id: str, page: int = 1, page_size: int = 20) -> tuple[list[dict], int]:
-        query = {"patient_id": patient_id}
+    def by_patient(
+        self, patient_id: str, page: int = 1, page_size: int = 20, owner: str | None = None
+    ) -> tuple[list[dict], int]:
+        query = {"patient_id": patient_id} | ({"created_by_key": owner} if owner is not None else {})
         total = self.db[PREDICTIONS].count_documents(query)
         cursor = (
             self.db[PREDICTIONS]

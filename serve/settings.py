@@ -41,17 +41,30 @@ class ServeSettings(BaseSettings):
     demo: bool = False  # set by scripts/run.sh; nothing else may turn auth off
     proxy_user_header: str = "X-Forwarded-User"
     trusted_proxies: str = ""  # comma-separated CIDRs of the reverse proxies allowed to send that header
+    # What a client cannot forge: the SSO proxy also sends this shared secret (a Secret in k8s). A peer
+    # address alone is not enough: the HTTP server rewrites it from X-Forwarded-For on loopback.
+    proxy_secret: str = ""
+    proxy_secret_header: str = "X-CXR-Proxy-Secret"
     # Signing key for page sessions and keyed pseudonyms of patient IDs in logs. Set both in production
     # (a Secret); left empty, the app builder draws random ones (sessions end and pseudonyms change on redeploy).
     session_secret: str = ""
     pseudonym_key: str = ""
-    session_hours: float = Field(default=12, gt=0, le=24 * 7)
+    session_hours: float = Field(default=12, gt=0, le=24 * 7)  # a page session's longest life
+    session_idle_minutes: float = Field(default=30, gt=0)  # ended after this long unused
     rate_limit_per_minute: int = Field(default=600, ge=1)  # per API key / user, per Ingress replica
+    # Credentials presented and refused (a wrong key, a forged session), per client address: the
+    # unauthenticated work one client can cause is bounded.
+    failed_auth_per_minute: int = Field(default=30, ge=1)
+    # Every body but an upload's: login, logout, save and the like are a few short fields.
+    max_form_bytes: int = Field(default=64 * 1024, ge=1024)
     # A verified key is trusted this long per Ingress replica (so a revocation takes effect within it),
     # and while the database is down, for this much longer.
     key_cache_s: float = Field(default=30, ge=0)
     key_stale_s: float = Field(default=900, ge=0)
     request_timeout_s: float = Field(default=30, gt=0)  # a prediction that takes longer gets a 504
+    # Threads per Ingress replica for decoding, drawing and encoding, off the event loop. Each may hold
+    # a decoded image of up to CXR_MAX_PIXELS, so this also bounds the replica's peak memory.
+    ingress_threads: int = Field(default=4, ge=1, le=64)
     # Retry-After (s) for each way of being unavailable.
     retry_after_overloaded_s: int = Field(default=2, ge=1)
     retry_after_timeout_s: int = Field(default=5, ge=1)
@@ -74,4 +87,8 @@ class ServeSettings(BaseSettings):
             raise ValueError("CXR_AUTH=off is allowed only in the local demo (CXR_DEMO=true, scripts/run.sh)")
         if self.auth == "proxy" and not self.trusted_proxies.strip():
             raise ValueError("CXR_AUTH=proxy needs CXR_TRUSTED_PROXIES (the reverse proxies' CIDRs)")
+        if self.auth == "proxy" and len(self.proxy_secret) < 32:
+            raise ValueError(
+                "CXR_AUTH=proxy needs CXR_PROXY_SECRET (32+ characters), sent by the proxy in CXR_PROXY_SECRET_HEADER"
+            )
         return self

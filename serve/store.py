@@ -19,6 +19,7 @@ from serve.identity import Identity
 from serve.metrics import StoreMetrics
 from serve.orphans import OrphanSweeper, SweepResult
 from serve.records import PredictionRecords, SaveResult
+from serve.sessions import SessionStore
 from serve.settings import ServeSettings
 
 logger = logging.getLogger("ray.serve")
@@ -40,6 +41,9 @@ class ResultStore:
     def __init__(self, settings: ServeSettings):
         self.records = PredictionRecords(database_uri(settings), settings.mongodb_database, settings.mongodb_timeout_ms)
         self.keys, self.audit = ApiKeys(self.records.db), AuditLog(self.records.db)
+        self.sessions = SessionStore(
+            self.records.db, self.keys, settings.session_idle_minutes * 60, settings.session_hours * 3600
+        )
         self.pseudonym_key = settings.pseudonym_key
         self.metrics = StoreMetrics()
         self.sweeper = OrphanSweeper(
@@ -75,15 +79,20 @@ class ResultStore:
             self._log(actor, "create", result.prediction_id, record["patient_id"])
         return result
 
+    @staticmethod
+    def _owner(actor: Identity) -> str | None:
+        """The creator a caller's reads are limited to (``integration``: only what it saved)."""
+        return actor.owner if actor.reads_only_own else None
+
     def get(self, prediction_id: str, actor: Identity) -> dict | None:
-        record = self.records.get(prediction_id)
+        record = self.records.get(prediction_id, self._owner(actor))
         if record is not None:
             self.audit.record(actor, "view", prediction_id=prediction_id, patient_id=record["patient_id"])
             self._log(actor, "view", prediction_id, record["patient_id"])
         return record
 
     def image(self, prediction_id: str, kind: str, actor: Identity) -> bytes | None:
-        record = self.records.get(prediction_id)
+        record = self.records.get(prediction_id, self._owner(actor))
         data = self.records.image(prediction_id, kind, record) if record is not None else None
         if data is not None:
             self.audit.record(
@@ -92,14 +101,15 @@ class ResultStore:
             self._log(actor, f"export {kind}", prediction_id, record["patient_id"])
         return data
 
-    def thumbnail_source(self, prediction_id: str) -> bytes | None:
+    def thumbnail_source(self, prediction_id: str, actor: Identity) -> bytes | None:
         """The original for a search-result thumbnail: covered by the search's audit entry."""
-        return self.records.image(prediction_id, "original")
+        record = self.records.get(prediction_id, self._owner(actor))
+        return self.records.image(prediction_id, "original", record) if record is not None else None
 
     def by_patient(self, patient_id: str, page: int, page_size: int, actor: Identity) -> tuple[list[dict], int]:
         self.audit.record(actor, "search", patient_id=patient_id, detail=f"page {page}")
         self._log(actor, "search", None, patient_id)
-        return self.records.by_patient(patient_id, page, page_size)
+        return self.records.by_patient(patient_id, page, page_size, self._owner(actor))
 
     def verify_key(self, token: str) -> Identity | None:
         return self.keys.verify(token)
@@ -107,8 +117,41 @@ class ResultStore:
     def key_identity(self, key_id: str) -> Identity | None:
         return self.keys.identity(key_id)
 
-    def record_login(self, actor: Identity, client: str | None) -> None:
+    def start_session(self, actor: Identity, client: str | None) -> str:
+        session_id = self.sessions.start(actor.key_id, client)
         self.audit.record(actor, "login", client=client)
+        return session_id
+
+    def session_identity(self, session_id: str) -> Identity | None:
+        return self.sessions.identity(session_id)
+
+    def end_session(self, session_id: str, actor: Identity | None) -> bool:
+        ended = self.sessions.end(session_id)
+        if ended and actor is not None:
+            self.audit.record(actor, "logout")
+        return ended
+
+    def record_denied(self, actor: Identity, what: str) -> None:
+        self.audit.record(actor, "denied", detail=what)
+
+    def audit_entries(self, reader: Identity, **query) -> list[dict]:
+        entries = self.audit.query(**query)
+        self.audit.record(reader, "audit_read", detail=f"{len(entries)} entries")
+        return entries
+
+    def list_keys(self) -> list[dict]:
+        return self.keys.list()
+
+    def create_key(self, actor: Identity, name: str, role: str, rate_limit_per_minute: int | None) -> tuple[str, str]:
+        key_id, token = self.keys.create(name, role, rate_limit_per_minute)
+        self.audit.record(actor, "key_create", detail=f"{key_id} {role} {name}")
+        return key_id, token
+
+    def revoke_key(self, actor: Identity, key_id: str) -> bool:
+        revoked = self.keys.revoke(key_id)
+        if revoked:
+            self.audit.record(actor, "key_revoke", detail=key_id)
+        return revoked
 
     def ping(self) -> bool:
         return self.records.ping()

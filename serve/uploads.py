@@ -1,5 +1,5 @@
-"""Reading request bodies: a multipart upload (fields and at most one image) or a small page form,
-bounded while the body streams in, so an oversized post is refused before it is parsed."""
+"""Reading request bodies: a multipart upload (fields and at most one image) or a small page form.
+``serve.routes`` bounds every body while it streams in; here the parts are bounded too."""
 
 from __future__ import annotations
 
@@ -23,23 +23,7 @@ class Upload:
 
 
 class BodyTooLarge(Exception):
-    pass
-
-
-def _bounded(request: Request, limit: int) -> Request:
-    """The same request, whose body reader stops past ``limit`` bytes: a chunked body declares no
-    length, so what arrives is counted and the parser never spools more than that to disk."""
-    received = 0
-
-    async def bounded_receive():
-        nonlocal received
-        message = await request.receive()
-        received += len(message.get("body", b""))
-        if received > limit:
-            raise BodyTooLarge
-        return message
-
-    return Request(request.scope, bounded_receive)
+    """The body went past its route's limit while streaming in (``serve.routes.bounded``)."""
 
 
 async def read_upload(request: Request, max_bytes: int, image_required: bool = True) -> Upload:
@@ -51,9 +35,7 @@ async def read_upload(request: Request, max_bytes: int, image_required: bool = T
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InputError(415, "not_multipart", "send multipart/form-data with an 'image' file")
     try:
-        form = await _bounded(request, limit).form(
-            max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES
-        )
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
     except BodyTooLarge:
         raise InputError(413, "too_large", f"the upload exceeds {max_bytes} bytes", "image") from None
     except Exception as exc:  # starlette raises MultiPartException / HTTPException on limits
@@ -78,6 +60,8 @@ async def read_small_form(request: Request) -> Upload:
     """A page's small form (login, logout, save): a few short fields, no files."""
     try:
         form = await request.form(max_files=0, max_fields=SMALL_FORM_FIELDS, max_part_size=SMALL_FIELD_BYTES)
+    except BodyTooLarge:
+        raise InputError(413, "too_large", "the form is larger than this page sends") from None
     except Exception as exc:
         raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
     try:

@@ -70,7 +70,8 @@ def make_dicom(
             ds.compress(RLELossless, pixels)
         elif syntax is not None:
             meta.TransferSyntaxUID = syntax
-            ds.PixelData = encapsulate([pixels.tobytes()])
+            # An already compressed frame (``encoded``), or raw bytes that only claim the syntax.
+            ds.PixelData = encapsulate([flags.get("encoded") or pixels.tobytes()])
             ds["PixelData"].VR = "OB"
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -111,3 +112,16 @@ FUZZ_SEEDS = [
     jpeg_bytes(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)),
     make_dicom(np.full((24, 24), 1000, np.uint16), bits_stored=12),
 ]
+
+
+def j2k_codestream(pixels: np.ndarray, claimed: tuple[int, int] | None = None) -> bytes:
+    """A real JPEG 2000 codestream; ``claimed`` rewrites its SIZ marker's size, as an attacker would."""
+    import struct
+
+    import openjpeg
+
+    stream = bytearray(openjpeg.encode(pixels, bits_stored=12, codec_format=0))  # a bare J2K codestream
+    if claimed is not None:
+        at = stream.find(b"\xff\x4f\xff\x51")
+        stream[at + 8 : at + 16] = struct.pack(">II", *claimed)
+    return bytes(stream)

@@ -42,6 +42,9 @@ FIELD_MESSAGES = {
     "dicom_not_chest": "The DICOM header names another body part, not the chest.",
     "dicom_unsupported_syntax": "This DICOM file's compression cannot be decoded here. Export it uncompressed.",
     "dicom_not_greyscale": "This DICOM image is not greyscale.",
+    "patient_id_mismatch": "This DICOM file names another Patient ID. Check the patient; to use the typed ID, "
+    "tick 'Confirm the typed ID' and predict again.",
+    "dicom_inconsistent": "This DICOM image is not the size its header says. Export it again.",
 }
 
 

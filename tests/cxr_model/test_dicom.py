@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from cxr_model.dicom import decode, is_dicom, read_header, zero_preamble
+from cxr_model.dicom import decode, is_dicom, read_header
 from cxr_model.formats import ImageDecodeError, sniff_format
 from cxr_model.preprocessing import PreprocessSpec, open_image, preprocess
-from tests.helpers import make_dicom
+from tests.helpers import j2k_codestream, make_dicom
 
 MAX = 50_000_000
 
@@ -60,12 +61,9 @@ def test_rle_compressed_decodes_like_uncompressed():
     assert np.array_equal(np.asarray(plain), np.asarray(rle))
 
 
-def test_type_comes_from_magic_bytes_and_the_preamble_is_zeroed_for_storage():
+def test_type_comes_from_magic_bytes_whatever_the_preamble():
     data = make_dicom(ramp(8), bits_stored=8, preamble=b"MZ" + b"\x90" * 126)
     assert sniff_format(data) == "dicom" and is_dicom(data)
-    stored = zero_preamble(data)
-    assert stored[:128] == bytes(128) and stored[128:] == data[128:]
-    assert zero_preamble(b"\x89PNG\r\n\x1a\n....") == b"\x89PNG\r\n\x1a\n...."
     # The whole serving/training path takes DICOM like PNG.
     x = preprocess(data, PreprocessSpec(input_size=32))
     assert x.shape == (3, 32, 32) and torch_finite(x)
@@ -118,3 +116,46 @@ def test_a_corrupt_header_element_is_a_typed_error_that_names_no_values():
     with pytest.raises(ImageDecodeError) as caught:
         open_image(bytes(data), MAX)
     assert caught.value.reason == "not_an_image" and "DCM-SECRET-7" not in str(caught.value)
+
+
+JPEG2000_LOSSLESS, JPEG_BASELINE = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50"
+
+
+def _jpeg(pixels: np.ndarray, claimed: tuple[int, int] | None = None) -> bytes:
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    stream = bytearray(buffer.getvalue())
+    if claimed is not None:
+        at = stream.find(b"\xff\xc0")
+        stream[at + 5 : at + 9] = struct.pack(">HH", claimed[1], claimed[0])
+    return bytes(stream)
+
+
+def test_a_real_jpeg2000_radiograph_decodes_at_its_declared_size():
+    pixels = (ramp(12) * 1).astype(np.uint16)
+    data = make_dicom(pixels, bits_stored=12, syntax=JPEG2000_LOSSLESS, encoded=j2k_codestream(pixels))
+    assert open_image(data, MAX).size == (64, 48)
+
+
+@pytest.mark.parametrize("syntax, codestream", [(JPEG2000_LOSSLESS, j2k_codestream), (JPEG_BASELINE, _jpeg)])
+def test_a_codestream_declaring_more_pixels_than_its_header_is_refused_before_decoding(syntax, codestream):
+    # The header says 512x512; the codestream, which the decoder believes, says 40000x40000.
+    pixels = np.zeros((512, 512), np.uint16 if syntax == JPEG2000_LOSSLESS else np.uint8)
+    bits = 12 if syntax == JPEG2000_LOSSLESS else 8
+    data = make_dicom(pixels, bits_stored=bits, syntax=syntax, encoded=codestream(pixels, claimed=(40000, 40000)))
+    with pytest.raises(ImageDecodeError) as caught:
+        open_image(data, MAX)
+    assert caught.value.reason == "too_many_pixels" and "40000x40000" in str(caught.value)
+
+
+def test_a_codestream_of_another_size_than_its_header_is_refused():
+    pixels = np.zeros((512, 512), np.uint16)
+    data = make_dicom(
+        pixels, bits_stored=12, syntax=JPEG2000_LOSSLESS, encoded=j2k_codestream(pixels, claimed=(256, 256))
+    )
+    with pytest.raises(ImageDecodeError) as caught:
+        open_image(data, MAX)
+    assert caught.value.reason == "dicom_inconsistent"

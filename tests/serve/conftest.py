@@ -70,7 +70,8 @@ class MongoServer:
 
 
 PSEUDONYM_KEY = "test-pseudonym-key"
-KEY_CACHE_S = 2  # short, so that the revocation tests wait out the window instead of skipping it
+KEY_CACHE_S = 2
+FAILED_AUTH_PER_MINUTE = 120  # short, so that the revocation tests wait out the window instead of skipping it
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +135,8 @@ def service(ray_cluster, mongo_server, tiny_checkpoint):
         "CXR_PSEUDONYM_KEY": PSEUDONYM_KEY,
         "CXR_SESSION_SECRET": "test-session-secret-0123456789abcdef",
         "CXR_KEY_CACHE_S": str(KEY_CACHE_S),
+        # Refused credentials per client address: above what the suite's own 401 tests send in a minute.
+        "CXR_FAILED_AUTH_PER_MINUTE": str(FAILED_AUTH_PER_MINUTE),
     }
     # The suite's own key, made the way an administrator does (`cxr keys create`), with a limit
     # high enough for the load tests; rate limiting is tested with keys of its own.
@@ -162,3 +165,9 @@ def db(mongo_server):
 def records(mongo_server):
     """A fresh database of prediction records on the real server, per test."""
     return PredictionRecords(mongo_server.uri, f"store_{uuid.uuid4().hex[:8]}", timeout_ms=1500)
+
+
+@pytest.fixture()
+def keys(service):
+    """The service's API keys, managed as an administrator does (``cxr keys``): straight in the database."""
+    return ApiKeys(MongoClient(service.env["CXR_MONGODB_URI"])["cxr_test"])

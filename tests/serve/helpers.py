@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import time
 import uuid
 from email.parser import BytesParser
 from urllib.parse import parse_qs, unquote
@@ -12,7 +14,7 @@ import httpx
 import numpy as np
 import pydicom
 
-from serve.records import now
+from serve.records import now, request_fingerprint
 from tests.helpers import png_bytes
 from training.synthetic import render_chest
 
@@ -50,8 +52,12 @@ def stored_record(**overrides) -> dict:
         "confidence": 0.8,
         "positives": ["Normal"],
         "model": MODEL,
+        "created_by": "ward-7",
+        "created_by_key": "k-ward-7",
     }
-    return {**base, **overrides}
+    record = {**base, **overrides}
+    record.setdefault("request_fingerprint", request_fingerprint(record["patient_id"], b"o"))
+    return record
 
 
 def csrf_token(service) -> str:
@@ -122,3 +128,28 @@ def metric_total(metrics_url: str, name: str, **labels: str) -> float:
         for line in text.splitlines()
         if line.startswith(name + "{") and all(w in line for w in wanted)
     )
+
+
+def replica_pids(deployment: str) -> set[int]:
+    """The OS processes of a deployment's live replicas, asked of each replica actor itself."""
+    import ray
+
+    pids = set()
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]:
+            try:
+                handle = ray.get_actor(actor["name"], namespace="serve")
+                pids.add(ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=30))
+            except (ray.exceptions.RayError, ValueError):
+                pass  # a replica that is stopping
+    return pids
+
+
+def wait_until(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}")

@@ -6,16 +6,17 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from serve.api_keys import ApiKeys
-from serve.audit import AuditLog, pseudonym
+from serve.audit import AuditLog, entry_hash, pseudonym
 from serve.identity import Identity
 from serve.rate_limit import RateLimiter
-from serve.sessions import Sessions
+from serve.sessions import SessionCookies, SessionStore
 from serve.settings import ServeSettings
 
 
@@ -63,19 +64,37 @@ def test_pseudonyms_are_keyed_and_stable():
     assert "P-1" not in pseudonym("P-1", "k")
 
 
-def test_sessions_are_signed_and_expire():
-    sessions = Sessions("secret", hours=1)
-    cookie = sessions.issue("abc123")
-    assert sessions.key_id(cookie) == "abc123"
-    key_id, expiry, signature = cookie.split(".")
-    assert sessions.key_id(f"other.{expiry}.{signature}") is None
-    assert sessions.key_id(f"{key_id}.{int(expiry) + 3600}.{signature}") is None
-    assert Sessions("another-secret", 1).key_id(cookie) is None
-    expired = Sessions("secret", hours=1)
-    expired.seconds = -10
-    assert sessions.key_id(expired.issue("abc123")) is None
-    header = sessions.cookie_header(cookie, secure=True)
-    assert "HttpOnly" in header and "SameSite=Strict" in header and "Secure" in header
+def test_session_cookies_are_signed():
+    cookies = SessionCookies("secret", max_s=3600)
+    value = cookies.value("abc123")
+    assert cookies.session_id(value) == "abc123"
+    assert cookies.session_id("other." + value.split(".")[1]) is None  # a guessed id with a copied signature
+    assert SessionCookies("another-secret", 3600).session_id(value) is None
+    assert cookies.session_id("abc123") is None and cookies.session_id(None) is None
+    header = cookies.header("abc123", secure=True)
+    assert "HttpOnly" in header and "SameSite=Strict" in header and "Secure" in header and "Max-Age=3600" in header
+
+
+def test_sessions_end_on_logout_idleness_age_and_key_revocation(access_db):
+    keys = ApiKeys(access_db)
+    key_id, _ = keys.create("dr-s", "clinician")
+    store = SessionStore(access_db, keys, idle_s=600, max_s=3600)
+    session = store.start(key_id, "10.0.0.7")
+    assert store.identity(session) == Identity("dr-s", key_id, "clinician", via="session")
+    assert store.end(session) and store.identity(session) is None  # any copy of the cookie stops working
+    assert store.end(session) is False
+    idle = store.start(key_id, None)
+    access_db["sessions"].update_one(
+        {"_id": idle}, {"$set": {"last_seen": datetime.now(timezone.utc) - timedelta(seconds=601)}}
+    )
+    assert store.identity(idle) is None
+    old = store.start(key_id, None)
+    access_db["sessions"].update_one({"_id": old}, {"$set": {"expires_at": datetime.now(timezone.utc)}})
+    assert store.identity(old) is None
+    live = store.start(key_id, None)
+    keys.revoke(key_id)
+    assert store.identity(live) is None
+    assert store.identity("never-issued") is None
 
 
 def test_rate_limiter_refills_over_time_per_identity():
@@ -122,3 +141,66 @@ def test_cxr_keys_and_audit_commands(mongo_server, access_db):
     assert run("audit", "--actor", "nobody").stdout == ""
     assert run("keys", "revoke", key_id).returncode == 0 and run("keys", "revoke", key_id).returncode == 1
     assert ApiKeys(access_db).verify(token) is None
+
+
+def _chained_log(access_db, entries: int = 6) -> AuditLog:
+    audit, actor = AuditLog(access_db), Identity("dr-chain", "k9", "clinician")
+    for i in range(entries):
+        audit.record(actor, "view", prediction_id=f"p{i}", patient_id=f"P-{i}")
+    assert audit.verify().intact and audit.verify().entries == entries
+    return audit
+
+
+def _tamper(access_db, how: str) -> None:
+    """What someone holding the app's database credentials could do to hide a read."""
+    log = access_db["audit"]
+    if how == "delete":
+        log.delete_one({"seq": 2})
+    elif how == "alter":
+        log.update_one({"seq": 3}, {"$set": {"actor": "someone-else"}})
+    elif how == "reorder":  # swap two entries' places in the sequence
+        log.update_one({"seq": 1}, {"$set": {"seq": -1}})
+        log.update_one({"seq": 4}, {"$set": {"seq": 1}})
+        log.update_one({"seq": -1}, {"$set": {"seq": 4}})
+    elif how == "rehash":  # alter, and recompute that entry's own hash: its successor still names the old one
+        entry = log.find_one({"seq": 3})
+        entry["patient_id"] = "P-OTHER"
+        log.update_one({"seq": 3}, {"$set": {"patient_id": "P-OTHER", "hash": entry_hash(entry)}})
+
+
+@pytest.mark.parametrize("how", ["delete", "alter", "reorder", "rehash"])
+def test_the_audit_chain_shows_a_deleted_altered_or_reordered_entry(access_db, how):
+    audit = _chained_log(access_db)
+    _tamper(access_db, how)
+    check = audit.verify()
+    assert not check.intact and check.problems, how
+    audit.record(Identity("dr-chain", "k9", "clinician"), "view")  # new entries do not heal it
+    assert not audit.verify().intact
+
+
+def test_concurrent_writers_keep_one_unbroken_chain(access_db):
+    import threading
+
+    audit = AuditLog(access_db)
+    writers = [AuditLog(access_db) for _ in range(4)]  # as several store replicas would
+    threads = [
+        threading.Thread(target=lambda w=w: [w.record(Identity("r", None, "admin"), "login") for _ in range(5)])
+        for w in writers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    check = audit.verify()
+    assert check.intact and check.entries == 20
+
+
+def test_cxr_audit_verify_exits_1_on_a_tampered_chain(mongo_server, access_db):
+    cxr = str(Path(sys.executable).with_name("cxr"))
+    env = {**os.environ, "CXR_MONGODB_URI": mongo_server.uri, "CXR_MONGODB_DATABASE": access_db.name}
+    _chained_log(access_db)
+    intact = subprocess.run([cxr, "audit", "verify"], env=env, capture_output=True, text=True, timeout=120)
+    assert intact.returncode == 0 and "intact: 6 entries" in intact.stdout
+    _tamper(access_db, "delete")
+    broken = subprocess.run([cxr, "audit", "verify"], env=env, capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1 and "TAMPERED: entries 2..2 are missing" in broken.stdout

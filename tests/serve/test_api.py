@@ -7,10 +7,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
-from tests.helpers import make_dicom
+from tests.helpers import j2k_codestream, make_dicom
 from tests.serve.helpers import COVID4, chest_png, stored_counts
 from training.synthetic import render_chest
 
@@ -133,9 +134,19 @@ def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(s
     assert body["patient_id"] == "DCM-HDR-1" and body["saved"] is True
     original = service.http.get(f"/api/v1/predictions/{body['prediction_id']}/image?kind=original")
     assert original.headers["content-type"] == "application/dicom"
-    assert original.content[:128] == bytes(128) and original.content[128:] == data[128:]
-    # The form's patient ID wins over the header's.
-    assert service.predict(data, patient_id="P-FORM-1", filename="x.dcm").json()["patient_id"] == "P-FORM-1"
+    # Stored de-identified (PS3.15 basic profile): Patient ID and UIDs kept, the name gone, same pixels.
+    assert original.content[:128] == bytes(128) and b"Doe^Jane" in data and b"Doe^Jane" not in original.content
+    stored = pydicom.dcmread(io.BytesIO(original.content))
+    assert stored.PatientID == "DCM-HDR-1" and stored.SOPInstanceUID == pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    assert stored.DeidentificationMethod.startswith("CXR Serve")
+    # A typed patient ID that contradicts the header's is refused until the clinician confirms it.
+    mismatch = service.predict(data, patient_id="P-FORM-1", filename="x.dcm", save="1")
+    assert mismatch.status_code == 422 and mismatch.json()["error"]["code"] == "patient_id_mismatch"
+    assert mismatch.json()["error"]["field"] == "patient_id"
+    confirmed = service.predict(data, patient_id="P-FORM-1", filename="x.dcm", confirm_patient_id="1")
+    assert confirmed.status_code == 200 and confirmed.json()["patient_id"] == "P-FORM-1"
+    same = service.predict(data, patient_id="DCM-HDR-1", filename="x.dcm")  # typed and header agree
+    assert same.status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -145,6 +156,15 @@ def test_dicom_upload_takes_the_header_patient_id_and_stores_a_zeroed_preamble(s
         ({"body_part": "ABDOMEN"}, 422, "dicom_not_chest"),
         ({"syntax": "1.2.840.10008.1.2.4.100"}, 415, "dicom_unsupported_syntax"),
         ({"patient_id": "Doe^John"}, 400, "bad_patient_id"),  # the header's ID is validated like a typed one
+        # A 40000x40000 JPEG 2000 codestream under a 32x32 header: refused before any decoder allocates it.
+        (
+            {
+                "syntax": "1.2.840.10008.1.2.4.90",
+                "encoded": j2k_codestream(np.zeros((48, 64), np.uint16), (40000, 40000)),
+            },
+            413,
+            "too_many_pixels",
+        ),
     ],
 )
 def test_bad_dicom_uploads_get_their_4xx_and_store_nothing(service, db, change, status, code):

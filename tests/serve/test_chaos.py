@@ -23,35 +23,10 @@ import pytest
 from serve.orphans import sweep_orphans
 from serve.records import PredictionRecords
 from tests.serve.conftest import deploy, deploy_config
-from tests.serve.helpers import chest_png, client, metric_total
+from tests.serve.helpers import chest_png, client, metric_total, replica_pids, wait_until
 
 CLASSIFIER, INGRESS = "BatchedClassifier", "Ingress"
 BATCH_HOLD_S = 3.0
-
-
-def replica_pids(deployment: str) -> set[int]:
-    """The OS processes of a deployment's live replicas, asked of each replica actor itself."""
-    import ray
-
-    pids = set()
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["namespace"] == "serve" and f"#{deployment}#" in actor["name"]:
-            try:
-                handle = ray.get_actor(actor["name"], namespace="serve")
-                pids.add(ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=30))
-            except (ray.exceptions.RayError, ValueError):
-                pass  # a replica that is stopping
-    return pids
-
-
-def wait_until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout_s:g} s: {what}")
 
 
 class SteadyLoad:

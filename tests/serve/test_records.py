@@ -87,3 +87,20 @@ def test_a_write_the_database_refuses_leaves_no_record_no_files_and_no_chunks(re
     assert records.db["predictions"].count_documents({}) == 0
     assert records.db["images.files"].count_documents({}) == 0
     assert records.db["images.chunks"].count_documents({}) == 0
+
+
+def test_a_request_id_is_the_caller_s_idempotency_key(records):
+    images = {"original": b"o", "annotated": b"a"}
+    first = records.save(record(request_id="shared-key-0001"), images)
+    assert first.saved and not first.duplicate
+    # A true retry by the same caller returns the first result and stores nothing new.
+    retry = records.save(record(request_id="shared-key-0001"), images)
+    assert retry.saved and retry.duplicate and retry.prediction_id == first.prediction_id
+    # The same caller's key for another patient: refused, nothing stored.
+    other = record(request_id="shared-key-0001", patient_id="ST-0999")
+    reused = records.save(other, images)
+    assert reused.key_reused and not reused.saved and reused.prediction_id is None
+    # Another caller's numbering may use the same key: its own record, not the first caller's.
+    theirs = records.save(record(request_id="shared-key-0001", created_by_key="k-ward-9", patient_id="ST-0999"), images)
+    assert theirs.saved and not theirs.duplicate and theirs.prediction_id != first.prediction_id
+    assert records.db["predictions"].count_documents({}) == 2 and records.db["images.files"].count_documents({}) == 4

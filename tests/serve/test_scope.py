@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -93,3 +94,14 @@ def test_out_of_scope_refusals_are_counted_by_reason(service, ray_metrics_url):
     while count("noise_image") < before + 1 and time.monotonic() < deadline:
         time.sleep(1)
     assert count("noise_image") == before + 1
+
+
+def test_a_refusal_by_the_feature_gate_is_not_logged_as_a_failure(service):
+    """Serve logs every exception a replica raises as an ERROR; the gate's refusal is an answer."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    assert service.predict(picture("limb_radiograph", seed=11)).status_code == 422
+    time.sleep(2)  # let the replica's log file catch up
+    classifier_logs = "".join(p.read_text(errors="replace") for p in logs.rglob("replica_cxr_BatchedClassifier_*"))
+    assert "OutOfScope" not in classifier_logs and "InputSizeMismatch" not in classifier_logs

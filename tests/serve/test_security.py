@@ -8,9 +8,7 @@ import uuid
 
 import httpx
 import pytest
-from pymongo import MongoClient
 
-from serve.api_keys import ApiKeys
 from tests.serve.conftest import KEY_CACHE_S
 from tests.serve.helpers import chest_png, stored_counts
 from tests.serve.helpers import client as suite_client
@@ -22,11 +20,6 @@ API_ROUTES = [
     ("GET", "/api/v1/patients/P-1/predictions"),
     ("GET", "/api/v1/model"),
 ]
-
-
-@pytest.fixture()
-def keys(service):
-    return ApiKeys(MongoClient(service.env["CXR_MONGODB_URI"])["cxr_test"])
 
 
 def client(service, token: str | None = None) -> httpx.Client:
