@@ -14,16 +14,12 @@ if [ -z "${CXR_CHECKPOINT:-}" ] && [ ! -f runs/demo/run/checkpoint/scope_gate.np
     echo "No CXR_CHECKPOINT given: training the synthetic demo model (a few minutes on 2 CPU cores)."
     .venv/bin/cxr demo
 fi
-.venv/bin/python -m serve.config_check serve_config.yaml
-
-# Our own cluster, so the metrics port is fixed and known; the dashboard (loopback only) is what
-# `serve deploy serve_config.yaml` talks to. Stopped again on exit.
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # a single-user local demo on loopback
 # The local demo is the one place the app's own authentication may be off (the pages say so);
 # CXR_AUTH=api_key bash scripts/run.sh runs it with API keys and sign-in (`cxr keys create`).
 export CXR_DEMO=true CXR_AUTH=${CXR_AUTH:-off}
-.venv/bin/ray start --head --node-ip-address 127.0.0.1 --metrics-export-port "${CXR_METRICS_PORT:-8080}" \
-    --include-dashboard true --dashboard-host 127.0.0.1 --disable-usage-stats >/dev/null
-trap '.venv/bin/ray stop --force >/dev/null 2>&1 || true' EXIT
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # a single-user local demo on loopback
+# Our own cluster (scripts/local_cluster.sh, shared with the benchmark), stopped again on exit.
+bash scripts/local_cluster.sh start
+trap 'bash scripts/local_cluster.sh stop' EXIT
 echo "Serving at http://127.0.0.1:8000 (metrics: http://127.0.0.1:${CXR_METRICS_PORT:-8080}/metrics). Ctrl-C stops."
 .venv/bin/serve run --address auto serve_config.yaml

@@ -6,9 +6,13 @@ nobody would notice. This walks the YAML against Serve's own pydantic models
 (``ServeDeploySchema`` and everything nested in it) and names every key that
 has no field.
 
-    python -m serve.config_check serve_config.yaml
+    python -m serve.config_check serve_config.yaml [--cpus N]
+
+With ``--cpus N`` it also refuses a config whose replicas, at their most, do not fit one Ray
+node of N logical CPUs (``serve.placement``): Serve would leave them waiting forever.
 """
 
+import argparse
 import sys
 import typing
 from pathlib import Path
@@ -16,6 +20,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 from ray.serve.schema import ServeDeploySchema
+
+from serve.placement import Node, describe
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -67,6 +73,33 @@ def check_file(path: str | Path) -> dict:
     return data
 
 
-if __name__ == "__main__":
-    check_file(sys.argv[1] if len(sys.argv) > 1 else "serve_config.yaml")
+def check_placement(config: dict, cpus: float) -> None:
+    problem = describe(config, [Node("local", {"CPU": cpus})])
+    if problem:
+        raise ValueError(f"on one node of {cpus:g} CPUs, {problem}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", nargs="?", default="serve_config.yaml", help="the Serve config file")
+    parser.add_argument(
+        "--cpus", type=float, default=None, help="logical CPUs of the one-node cluster (default: no placement check)"
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        config = check_file(args.path)
+        if args.cpus is not None:
+            check_placement(config, args.cpus)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,7 +35,9 @@ class TrainConfig:
     seed: int = 0
     workers: int = 1
     gpu: bool = False
-    cpus_per_worker: int = 1
+    # 0 = the cluster's CPUs shared equally between the workers: one worker on a 2-core machine
+    # trains with 2 torch threads (Ray sets each worker's thread count from its CPUs).
+    cpus_per_worker: int = 0
     batch_size: int = 32
     eval_batch_size: int = 64
     loader_workers: int = 2
@@ -71,8 +73,8 @@ class TrainConfig:
             raise ValueError("data_dir is required")
         if self.loss not in ("ce", "focal"):
             raise ValueError(f"loss must be ce or focal, not {self.loss!r}")
-        if self.workers < 1 or self.batch_size < 1 or self.image_size < 32:
-            raise ValueError("workers and batch_size must be >= 1, image_size >= 32")
+        if self.workers < 1 or self.batch_size < 1 or self.image_size < 32 or self.cpus_per_worker < 0:
+            raise ValueError("workers and batch_size must be >= 1, image_size >= 32, cpus_per_worker >= 0")
         if not 0 < self.scope_false_rejection < 0.5 or self.scope_ood_per_kind < 1:
             raise ValueError("scope_false_rejection must be in (0, 0.5) and scope_ood_per_kind >= 1")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
@@ -140,7 +142,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--cpus-per-worker",
         dest="cpus_per_worker",
         type=int,
-        help=f"CPUs per Ray Train worker {_keeps('cpus_per_worker')}",
+        help=f"CPUs per Ray Train worker, 0 = the cluster's CPUs / workers {_keeps('cpus_per_worker')}",
     )
     flag("--batch-size", dest="batch_size", type=int, help=f"training batch per worker {_keeps('batch_size')}")
     flag(

@@ -289,6 +289,7 @@ def record_epoch(
         "stage": run.stage,
         "epoch": epoch + 1,
         "world_size": run.world,
+        "torch_threads": torch.get_num_threads(),  # the worker's CPUs: cpus_per_worker, or shared equally
         "train_loss": train_loss,
         "val_loss": val_loss,
         "val_accuracy": val["accuracy"],

@@ -98,6 +98,14 @@ def initial_checkpoint(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
     return directory
 
 
+def worker_cpus(cfg: TrainConfig) -> int:
+    """``cpus_per_worker``, or (0) the cluster's CPUs shared equally: Ray gives each worker as many
+    torch threads as CPUs, so a lone worker asking for 1 CPU would leave the other cores idle."""
+    if cfg.cpus_per_worker:
+        return cfg.cpus_per_worker
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.workers)
+
+
 def run_stage(cfg: TrainConfig, stage: str, init: Path, out: Path) -> Path:
     best_dir = out / stage / "best"
     if (best_dir / CARD_FILE).is_file():
@@ -113,7 +121,7 @@ def run_stage(cfg: TrainConfig, stage: str, init: Path, out: Path) -> Path:
             "manifest_path": str(out / "split_manifest.json"),
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker, **gpu}
+            num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": worker_cpus(cfg), **gpu}
         ),
         run_config=RunConfig(
             name=stage,

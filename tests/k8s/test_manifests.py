@@ -17,6 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve.app import AppArgs
 from serve.config_check import unknown_keys
+from serve.placement import Node, unplaceable
 from tests.helpers import skip_or_fail_in_ci
 from tests.k8s.conftest import (
     K8S,
@@ -144,6 +145,46 @@ def test_serve_config_v2_is_a_valid_serve_config_for_our_app(overlay):
     for deployment in app.deployments:
         if deployment.name != "BatchedClassifier":
             assert set(deployment.ray_actor_options.resources) <= set(cpu_group["resources"])
+
+
+def quantity(value) -> float:
+    """A Kubernetes CPU/GPU quantity ("2", "500m", 4) as a number."""
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def ray_nodes(cluster: dict) -> list[Node]:
+    """Every node the cluster may grow to (worker groups at maxReplicas), with the logical resources
+    KubeRay gives each: rayStartParams first, else the container's limits, plus the group's resources."""
+    groups = [(cluster["headGroupSpec"], 1)] + [(g, g["maxReplicas"]) for g in cluster["workerGroupSpecs"]]
+    nodes = []
+    for group, count in groups:
+        params = group.get("rayStartParams") or {}
+        (container,) = group["template"]["spec"]["containers"]
+        limits = container["resources"]["limits"]
+        free = {
+            "CPU": quantity(params.get("num-cpus", limits.get("cpu", 0))),
+            "GPU": quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0))),
+            **{k: quantity(v) for k, v in (group.get("resources") or {}).items()},
+        }
+        nodes += [Node(group.get("groupName", "head"), dict(free)) for _ in range(count)]
+    return nodes
+
+
+def test_every_replica_the_serve_config_may_ask_for_can_be_placed(overlay):
+    """At every deployment's maximum, each replica fits some node of the fully grown cluster."""
+    name, docs = overlay
+    (service,) = by_kind(docs, "RayService")
+    assert unplaceable(serve_config(service), ray_nodes(service["spec"]["rayClusterConfig"])) == []
+
+
+def test_placement_check_sees_a_gpu_group_too_small():
+    docs = render_fallback(K8S / "overlays" / "gpu")
+    (service,) = by_kind(docs, "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    gpu_group = by_kind_group(service, "gpu")
+    gpu_group["maxReplicas"] = 1  # the classifier autoscales to more GPU replicas than the group has nodes
+    assert "BatchedClassifier" in unplaceable(serve_config(service), ray_nodes(cluster))
 
 
 def by_kind_group(service: dict, group: str) -> dict | None:

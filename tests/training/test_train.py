@@ -34,7 +34,6 @@ def small_config(data, out, **overrides) -> TrainConfig:
         eval_batch_size=64,
         loader_workers=0,
         workers=1,
-        cpus_per_worker=2,
         stage1=StageConfig(epochs=2, lr=3e-3, patience=5),
         stage2=StageConfig(epochs=8, lr=1e-3, patience=8),
         model_version="test",
@@ -82,6 +81,13 @@ def test_stage2_fine_tunes_the_backbone_from_stage1(trained_run):
     changed = [k for k in s1_backbone if not torch.equal(s1_backbone[k], s2_backbone[k])]
     assert len(changed) > 0.9 * len(s1_backbone)
     assert read_card(out / "stage2" / "best").metrics["stage1"]["stage"] == "stage1"
+
+
+def test_a_lone_worker_uses_every_cpu_of_the_cluster(trained_run):
+    out, _, config = trained_run
+    assert config.cpus_per_worker == 0  # the default
+    history = json.loads((out / "stage2" / "history.json").read_text())
+    assert {h["torch_threads"] for h in history} == {2}  # the session cluster has 2 CPUs
 
 
 def test_the_model_learns_the_held_out_split(trained_run):
@@ -180,7 +186,7 @@ def test_two_workers_and_resume_after_interruption(ray_cluster, small_data, tmp_
     s2_backbone, _ = split_state(weights(tmp_path / "stage2" / "best"))
     assert same(init_backbone, s1_backbone) and not same(s1_backbone, s2_backbone)
     first = json.loads((tmp_path / "stage2" / "history.json").read_text())
-    assert [h["world_size"] for h in first] == [2]
+    assert [(h["world_size"], h["torch_threads"]) for h in first] == [(2, 1)]
 
     # Interrupted during stage 2: Ray holds the epoch-1 checkpoint, the stage never finished.
     shutil.rmtree(tmp_path / "stage2" / "best")
