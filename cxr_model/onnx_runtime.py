@@ -18,6 +18,8 @@ from cxr_model.checkpoint import ModelCard, load_network, sha256_file
 from cxr_model.classifier import positive_labels, probabilities_from_logits
 
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"  # the opt-in quantised export (cxr_model.quantize), recorded under "int8"
+PRECISIONS = ("fp32", "int8")
 OUTPUTS = ["logits", "features"]  # features feed the out-of-scope gate
 ONNX_RECORD = "onnx.json"
 TOLERANCE = 1e-4  # max |probability difference| between torch and ONNX Runtime
@@ -82,17 +84,26 @@ def export_onnx(checkpoint: str | Path, tolerance: float = TOLERANCE) -> dict:
     return record
 
 
-def onnx_export_matches(checkpoint: str | Path, card: ModelCard) -> bool:
+def read_record(checkpoint: str | Path) -> dict:
+    path = Path(checkpoint) / ONNX_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def onnx_export_matches(checkpoint: str | Path, card: ModelCard, precision: str = "fp32") -> bool:
+    """The export of ``precision`` exists, is the one recorded, and was made from these weights."""
     directory = Path(checkpoint)
-    record_path = directory / ONNX_RECORD
-    if not (directory / ONNX_FILE).is_file() or not record_path.is_file():
+    record = read_record(directory)
+    if not (directory / ONNX_FILE).is_file() or not record:
         return False
-    record = json.loads(record_path.read_text())
-    return (
+    fp32 = (
         record.get("weights_sha256") == card.weights_sha256
         and record.get("outputs") == OUTPUTS
         and record.get("onnx_sha256") == sha256_file(directory / ONNX_FILE)
     )
+    if precision == "fp32" or not fp32:
+        return fp32
+    int8 = record.get("int8") or {}
+    return (directory / INT8_FILE).is_file() and int8.get("onnx_sha256") == sha256_file(directory / INT8_FILE)
 
 
 class OnnxClassifier:
@@ -100,18 +111,26 @@ class OnnxClassifier:
 
     device = torch.device("cpu")
 
-    def __init__(self, checkpoint: str | Path, card: ModelCard, threads: int = 1):
+    def __init__(self, checkpoint: str | Path, card: ModelCard, threads: int = 1, precision: str = "fp32"):
         import onnxruntime as ort
 
-        if not onnx_export_matches(checkpoint, card):
-            raise RuntimeError(f"no verified ONNX export for these weights in {checkpoint}; run `cxr export`")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if not onnx_export_matches(checkpoint, card, precision):
+            flag = " --int8" if precision == "int8" else ""
+            raise RuntimeError(
+                f"no verified {precision} ONNX export for these weights in {checkpoint}; run `cxr export{flag}`"
+            )
+        self.precision = precision
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         # ORT's pool spin-waits by default, burning the cores the HTTP proxy and ingress share.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
-            str(Path(checkpoint) / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+            str(Path(checkpoint) / (INT8_FILE if precision == "int8" else ONNX_FILE)),
+            options,
+            providers=["CPUExecutionProvider"],
         )
         self.card = card
         self.labels = list(card.labels)

@@ -6,6 +6,7 @@ Errors are typed (``serve.errors``) and rendered by the Ingress as ``{"error": {
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve.api_keys import MAX_RATE_LIMIT
-from serve.authentication import identity_of
+from serve.authentication import Authenticator, identity_of
 from serve.errors import InputError, NotFound, ServiceError, error_response
 from serve.identity import AUDIT, KEYS, MODEL, PREDICT, READ_OWN, ROLES
 from serve.images import image_response
@@ -24,7 +25,7 @@ from serve.prediction import public_record
 from serve.predictions import PredictionService
 from serve.records import IMAGE_KINDS
 from serve.routes import RouteOwner, route
-from serve.uploads import read_upload
+from serve.uploads import Upload, read_batch, read_upload
 
 OPENAPI = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
 READY_CHECKS = ("model", "database")
@@ -32,8 +33,8 @@ MAX_AUDIT_ENTRIES = 1000
 
 
 class Api(RouteOwner):
-    def __init__(self, predictions: PredictionService, store: DeploymentHandle):
-        self.predictions, self.store = predictions, store
+    def __init__(self, predictions: PredictionService, store: DeploymentHandle, authenticator: Authenticator):
+        self.predictions, self.store, self.authenticator = predictions, store, authenticator
         self.settings = predictions.settings
 
     async def error_response(self, request: Request, error: ServiceError) -> Response:
@@ -47,6 +48,31 @@ class Api(RouteOwner):
         except InputError as exc:  # the body itself was refused
             self.predictions.reject(exc)
             raise
+        return JSONResponse(await self._predict(request, upload, started))
+
+    @route("/api/v1/predictions:batch", "POST", needs=PREDICT, batch=True)
+    async def create_predictions(self, request: Request) -> Response:
+        """Up to ``max_batch_items`` images in one request, each with its own fields and answered with
+        its own status: one refused image never fails the others. All share the request's deadline."""
+        started = time.perf_counter()
+        try:
+            uploads = await read_batch(request, self.settings.max_upload_bytes, self.settings.max_batch_items)
+        except InputError as exc:
+            self.predictions.reject(exc)
+            raise
+        self.authenticator.charge(request, len(uploads) - 1)  # each image counts against the rate limit
+        answers = await asyncio.gather(*(self._batch_item(request, upload, started) for upload in uploads))
+        return JSONResponse({"items": [{"index": i, **answer} for i, answer in enumerate(answers)]})
+
+    async def _batch_item(self, request: Request, upload: Upload, started: float) -> dict:
+        try:
+            return {"status": 200, **await self._predict(request, upload, started)}
+        except ServiceError as exc:
+            retry = {"retry_after": exc.retry_after} if exc.retry_after is not None else {}
+            return {"status": exc.status, **exc.to_json(), **retry}
+
+    async def _predict(self, request: Request, upload: Upload, started: float) -> dict:
+        """One upload through check, model and optional save -> its JSON body; typed errors raise."""
         checked = await self.predictions.check(upload)
         prediction = await self.predictions.predict_within_deadline(checked, started)
         body = prediction.api_body()
@@ -58,7 +84,7 @@ class Api(RouteOwner):
             if not saved.saved:
                 body["save_error"] = saved.reason
         body["timings_ms"] = {**prediction.timings_ms, "total": round((time.perf_counter() - started) * 1000, 2)}
-        return JSONResponse(body)
+        return body
 
     @route("/api/v1/predictions/{prediction_id}", needs=READ_OWN)
     async def get_prediction(self, request: Request) -> Response:

@@ -172,6 +172,17 @@ class Authenticator:
             return refusal(request, ServiceError(403, "forbidden", f"the {identity.role} role may not do this"))
         return None
 
+    def charge(self, request: Request, extra: int) -> None:
+        """Count ``extra`` more requests against the caller's rate limit (a batch counts each image);
+        raises 429 when they exceed what is left."""
+        if extra <= 0:
+            return
+        identity = identity_of(request)
+        wait = self.limiter.take(identity.key_id or identity.name, identity.rate_limit_per_minute, extra)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise ServiceError(429, "rate_limited", f"too many images; retry in {seconds} s", retry_after=seconds)
+
     def _unavailable(self, code: str, message: str) -> Unavailable:
         return Unavailable(503, code, message, self.settings.retry_after_database_s)
 

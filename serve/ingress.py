@@ -37,7 +37,7 @@ class Ingress:
         self.settings = settings
         self.predictions = PredictionService(classifier, store, settings)
         self.authenticator = Authenticator(settings, store)
-        self.api = Api(self.predictions, store)
+        self.api = Api(self.predictions, store, self.authenticator)
         self.pages = Pages(self.predictions, store, self.authenticator)
 
     def __serve_build_asgi_app__(self) -> Starlette:

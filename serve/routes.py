@@ -32,14 +32,17 @@ class RouteSpec:
     needs: str | None  # the permission a caller's role must hold; None: public
     form: str | None = None  # the owner's method that reads this page form; its CSRF token is checked
     upload: bool = False  # the body may be an image upload (else: a small form at most)
+    batch: bool = False  # the body may hold up to max_batch_items images (max_batch_bytes in all)
 
 
-def route(path: str, *methods: str, needs: str | None, form: str | None = None, upload: bool = False):
+def route(
+    path: str, *methods: str, needs: str | None, form: str | None = None, upload: bool = False, batch: bool = False
+):
     """Declare a handler's route. With ``form``, the handler is called as ``handler(request, form)``
     once the form (read by the owner's method of that name) carries a valid CSRF token."""
 
     def declare(handler):
-        handler.route_spec = RouteSpec(path, methods or ("GET",), needs, form, upload)
+        handler.route_spec = RouteSpec(path, methods or ("GET",), needs, form, upload or batch, batch)
         return handler
 
     return declare
@@ -65,12 +68,15 @@ class RouteOwner:
 
 
 def body_limit(spec: RouteSpec, settings: ServeSettings) -> int:
+    if spec.batch:
+        return settings.max_batch_bytes + UPLOAD_OVERHEAD
     return settings.max_upload_bytes + UPLOAD_OVERHEAD if spec.upload else settings.max_form_bytes
 
 
 def too_large(spec: RouteSpec, limit: int) -> InputError:
     if spec.upload:
-        return InputError(413, "too_large", f"the upload exceeds {limit - UPLOAD_OVERHEAD} bytes", "image")
+        what = "batch" if spec.batch else "upload"
+        return InputError(413, "too_large", f"the {what} exceeds {limit - UPLOAD_OVERHEAD} bytes", "image")
     return InputError(413, "too_large", f"the request body exceeds {limit} bytes")
 
 

@@ -33,6 +33,9 @@ class ServeSettings(BaseSettings):
     mongodb_timeout_ms: int = Field(default=3000, ge=100)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=PreprocessSpec.max_pixels, ge=1024)  # decoded pixels per upload
+    # POST /api/v1/predictions:batch (bridges, backfills): images per request, and the whole body's bound.
+    max_batch_items: int = Field(default=16, ge=1, le=256)
+    max_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     image_cache_s: int = Field(default=3600, ge=0)  # browsers may keep a stored image this long (private)
 
     # Who may call: api_key (bearer tokens for the API, a login session for the pages), proxy (an SSO

@@ -1,8 +1,10 @@
-"""Reading request bodies: a multipart upload (fields and at most one image) or a small page form.
-``serve.routes`` bounds every body while it streams in; here the parts are bounded too."""
+"""Reading request bodies: a multipart upload (fields and at most one image), a batch of images with
+one JSON ``items`` field, or a small page form. ``serve.routes`` bounds every body while it streams
+in; here the parts are bounded too."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -11,6 +13,8 @@ from serve.errors import InputError
 
 MAX_FORM_FIELDS = 8
 MAX_FIELD_BYTES = 64 * 1024
+ITEM_FIELDS = ("patient_id", "request_id", "save", "confirm_patient_id", "explain")  # one batch item's
+ITEM_JSON_BYTES = 1024  # per item of the ``items`` field
 SMALL_FORM_FIELDS = 4
 SMALL_FIELD_BYTES = 1024
 
@@ -52,6 +56,63 @@ async def read_upload(request: Request, max_bytes: int, image_required: bool = T
         if upload.data is None and image_required:
             raise InputError(400, "missing_image", "an 'image' file is required", "image")
         return upload
+    finally:
+        await form.close()
+
+
+def _item_fields(index: int, item) -> dict[str, str]:
+    """One ``items`` entry -> the same string fields a single upload sends."""
+    if not isinstance(item, dict) or set(item) - set(ITEM_FIELDS):
+        raise InputError(400, "bad_items", f"items[{index}] must be an object with only {', '.join(ITEM_FIELDS)}")
+    fields = {}
+    for key, value in item.items():
+        if isinstance(value, bool):
+            value = "1" if value else ""
+        if not isinstance(value, str):
+            raise InputError(400, "bad_items", f"items[{index}].{key} must be a string or a boolean", "items")
+        fields[key] = value
+    return fields
+
+
+def _parse_items(raw, count: int) -> list[dict[str, str]]:
+    if not isinstance(raw, str):
+        raise InputError(400, "missing_items", "an 'items' field (a JSON array, one object per image) is required")
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        raise InputError(400, "bad_items", "items must be a JSON array of objects", "items") from None
+    if not isinstance(items, list):
+        raise InputError(400, "bad_items", "items must be a JSON array of objects", "items")
+    if len(items) != count:
+        raise InputError(
+            400, "items_mismatch", f"{len(items)} items for {count} images: send one item per image, in order", "items"
+        )
+    return [_item_fields(i, item) for i, item in enumerate(items)]
+
+
+async def read_batch(request: Request, max_image_bytes: int, max_items: int) -> list[Upload]:
+    """Multipart form with ``items`` (JSON, one object per image) and 1..max_items ``image`` files."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InputError(415, "not_multipart", "send multipart/form-data with an 'items' field and 'image' files")
+    try:
+        form = await request.form(
+            max_files=max_items, max_fields=1, max_part_size=max(MAX_FIELD_BYTES, ITEM_JSON_BYTES * max_items)
+        )
+    except BodyTooLarge:
+        raise InputError(413, "too_large", "the batch exceeds its byte limit", "image") from None
+    except Exception as exc:  # too many files or fields, a broken body
+        raise InputError(400, "bad_form", f"the form could not be parsed (at most {max_items} images): {exc}") from exc
+    try:
+        files = [v for k, v in form.multi_items() if k == "image" and not isinstance(v, str)]
+        if not files:
+            raise InputError(400, "missing_image", "at least one 'image' file is required", "image")
+        uploads = []
+        for fields, file in zip(_parse_items(form.get("items"), len(files)), files):
+            data = await file.read(max_image_bytes + 1)
+            if len(data) > max_image_bytes:
+                raise InputError(413, "too_large", f"an image exceeds {max_image_bytes} bytes", "image")
+            uploads.append(Upload(fields, data, file.filename))
+        return uploads
     finally:
         await form.close()
 

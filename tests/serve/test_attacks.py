@@ -19,7 +19,7 @@ from tests.serve.helpers import chest_png, client, replica_pids, stored_counts, 
 MB_PER_POST = 48
 UPLOADS = 8
 SMALL_FORM_ROUTES = ["/login", "/logout", "/predictions/save"]
-UPLOAD_ROUTES = ["/api/v1/predictions", "/predictions"]
+UPLOAD_ROUTES = ["/api/v1/predictions", "/api/v1/predictions:batch", "/predictions"]
 
 
 def declared_huge(service, path: str, token: str | None = None) -> int:
@@ -123,8 +123,10 @@ def test_guessing_keys_from_one_address_is_limited_and_malformed_tokens_are_chea
         assert statuses[-1] == 429 and set(statuses[:-1]) == {401}
         assert len(statuses) > FAILED_AUTH_PER_MINUTE  # the limit, not earlier
         assert int(guess.headers["retry-after"]) >= 1
-        # A malformed token is refused the same way (and never reaches the database).
-        assert guesser.get("/api/v1/model", headers={"Authorization": "Bearer x"}).status_code == 429
+        # Malformed tokens draw on the same bucket (and never reach the database); it refills at the
+        # limit's rate meanwhile, so one may pass as a 401, but the burst meets the limit.
+        malformed = [guesser.get("/api/v1/model", headers={"Authorization": "Bearer x"}).status_code for _ in range(5)]
+        assert 429 in malformed and set(malformed) <= {401, 429}
         # The address is refused; a valid key from it still works (its own bucket), others are untouched.
         assert guesser.get("/api/v1/model", headers={"Authorization": f"Bearer {service.api_key}"}).status_code == 200
     assert service.http.get("/api/v1/model").status_code == 200
