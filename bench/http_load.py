@@ -31,10 +31,11 @@ def multipart_body(fields: dict, images: list[bytes]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode(), f"multipart/form-data; boundary={BOUNDARY}"
 
 
-def raw_request(url: str, body: bytes, content_type: str) -> bytes:
+def raw_request(url: str, body: bytes, content_type: str, headers: dict | None = None) -> bytes:
     parsed = urllib.parse.urlsplit(url)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (
-        f"POST {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\n"
+        f"POST {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\n{extra}"
         f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -149,5 +150,5 @@ def closed_loop(url: str, requests: list[Request], concurrency: int, seconds: fl
     return asyncio.run(_closed_loop(url, requests, concurrency, seconds))
 
 
-def single_image_requests(url: str, images: list[bytes], fields: dict) -> list[Request]:
-    return [Request(raw_request(url, *multipart_body(fields, [image])), 1) for image in images]
+def single_image_requests(url: str, images: list[bytes], fields: dict, headers: dict | None = None) -> list[Request]:
+    return [Request(raw_request(url, *multipart_body(fields, [image]), headers), 1) for image in images]

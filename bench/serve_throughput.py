@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import socket
 import subprocess
@@ -52,6 +53,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", default="1,16,32", help="client counts, one phase each")
     parser.add_argument("--images", type=int, default=64, help="distinct images sent, round robin")
     parser.add_argument("--batch-items", type=int, default=8, help="images per POST /api/v1/predictions:batch")
+    parser.add_argument(
+        "--variant",
+        choices=("shipped", "gpu"),
+        default="shipped",
+        help="shipped: serve_config.yaml; gpu: the GPU overlay's config (scripts/kube_serve_config.py) on this "
+        "machine's GPU, without the CPU reference points (bench/gpu_check.sh)",
+    )
     parser.add_argument(
         "--cluster-env",
         action="append",
@@ -132,26 +140,37 @@ def deployment_states() -> tuple[str, dict[str, tuple[str, int]]]:
     return app["status"], deployments
 
 
-def intended_replicas() -> dict[str, int]:
-    from serve.placement import most_replicas
+def intended_replicas(config: dict, node: dict[str, float]) -> dict[str, tuple[int, int]]:
+    """Per deployment, the replica counts it may legitimately run on this one node: a fixed count, or
+    autoscaling's min up to as many of its max as fit beside the others."""
+    from serve.placement import Node, most_replicas, unplaceable
 
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    return {d["name"]: most_replicas(d) for d in config["applications"][0]["deployments"]}
+    left = unplaceable(config, [Node("local", dict(node))])
+    want = {}
+    for d in config["applications"][0]["deployments"]:
+        most = most_replicas(d) - left.count(d["name"])
+        least = d["autoscaling_config"].get("min_replicas", 1) if d.get("autoscaling_config") else most
+        want[d["name"]] = (least, most)
+    return want
 
 
-def check_healthy(where: str, want: dict[str, int]) -> None:
-    """Loud failure unless the app is RUNNING, every deployment HEALTHY and at its intended count."""
+def check_healthy(where: str, want: dict[str, tuple[int, int]], scaled_up: bool = True) -> None:
+    """Loud failure unless the app is RUNNING, every deployment HEALTHY and at an intended count (the
+    classifier at its most once the load has scaled it up)."""
     status, deployments = deployment_states()
-    counts = {name: running for name, (_, running) in deployments.items()}
     healthy = status == "RUNNING" and all(s == "HEALTHY" for s, _ in deployments.values())
-    if not healthy or counts != want:
+    counted = all(want[name][0] <= running <= want[name][1] for name, (_, running) in deployments.items())
+    if scaled_up:
+        counted = counted and deployments[CLASSIFIER][1] == want[CLASSIFIER][1]
+    if not healthy or not counted:
         raise SystemExit(f"FAIL ({where}): app {status}, deployments {deployments}, intended replicas {want}")
 
 
 class LocalCluster:
     """scripts/local_cluster.sh, as scripts/run.sh starts it, with the bench's checkpoint and database dir."""
 
-    def __init__(self, checkpoint: Path, tmp: Path, overrides: dict[str, str]):
+    def __init__(self, checkpoint: Path, tmp: Path, overrides: dict[str, str], start_args: list[str]):
+        self.start_args = start_args
         self.env = {
             **os.environ,
             "RAY_AUTH_MODE": "disabled",
@@ -169,15 +188,17 @@ class LocalCluster:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", 8000)) == 0:
                 raise SystemExit("port 8000 is taken (a running scripts/run.sh?): stop it first")
-        subprocess.run(["bash", "scripts/local_cluster.sh", "start"], cwd=ROOT, env=self.env, check=True)
+        subprocess.run(
+            ["bash", "scripts/local_cluster.sh", "start", *self.start_args], cwd=ROOT, env=self.env, check=True
+        )
         return self
 
     def __exit__(self, *exc) -> None:
         subprocess.run(["bash", "scripts/local_cluster.sh", "stop"], cwd=ROOT, env=self.env, check=False)
 
 
-def deploy_shipped(want: dict[str, int], url: str, warm: list[Request]) -> None:
-    serve_cli("deploy", str(ROOT / "serve_config.yaml"))
+def deploy(config_path: Path, want: dict[str, tuple[int, int]], url: str, warm: list[Request], clients: int) -> None:
+    serve_cli("deploy", str(config_path))
     deadline = time.monotonic() + 300
     while deployment_states()[0] != "RUNNING":
         if time.monotonic() > deadline:
@@ -185,14 +206,15 @@ def deploy_shipped(want: dict[str, int], url: str, warm: list[Request]) -> None:
         time.sleep(2)
     # Saturating load until the autoscaler has started every replica it may (bounded).
     deadline = time.monotonic() + 150
-    while deployment_states()[1][CLASSIFIER][1] < want[CLASSIFIER] and time.monotonic() < deadline:
-        closed_loop(url, warm, 16, 10, warmup=0)
+    while deployment_states()[1][CLASSIFIER][1] < want[CLASSIFIER][1] and time.monotonic() < deadline:
+        closed_loop(url, warm, clients, 10, warmup=0)
     check_healthy("after scale-up", want)
 
 
 def measured(url: str, requests: list[Request], clients: int, seconds: float, label: str):
+    closed_loop(url, requests, clients, 3.0, warmup=0)  # warm-up, outside the CPU accounting
     before = snapshot()
-    result = closed_loop(url, requests, clients, seconds)
+    result = closed_loop(url, requests, clients, seconds, warmup=0)
     cpu = per_group(before, snapshot())
     print(result.row(label))
     return result, cpu
@@ -212,18 +234,19 @@ def print_cpu(cpu: dict[str, float], images: int, model_cpu_s: float) -> float:
 def batch_requests(url: str, images: list[bytes], items: int) -> list[Request]:
     requests = []
     for start in range(0, len(images) - items + 1, items):
-        fields = {"patient_id": ",".join(f"BENCH-{start + i:04d}" for i in range(items))}
+        fields = {"items": json.dumps([{"patient_id": f"BENCH-{start + i:04d}"} for i in range(items)])}
         requests.append(Request(raw_request(url, *multipart_body(fields, images[start : start + items])), items))
     return requests
 
 
-def served_phases(args, levels: list[int], images: list[bytes], model_cpu_s: float) -> dict:
+def served_phases(args, config_path: Path, node: dict, levels: list[int], images: list[bytes], model_cpu_s: float):
     base = "http://127.0.0.1:8000/api/v1"
     single, save = [{"patient_id": "BENCH-0001"}, {"patient_id": "BENCH-0001", "save": "1"}]
     off = single_image_requests(f"{base}/predictions", images, single)
     on = single_image_requests(f"{base}/predictions", images, save)
-    want = intended_replicas()
-    deploy_shipped(want, f"{base}/predictions", off)
+    want = intended_replicas(yaml.safe_load(config_path.read_text()), node)
+    print(f"  intended replicas on this node (least, most): {want}")
+    deploy(config_path, want, f"{base}/predictions", off, max(levels))
     out = {"off": {}}
     for clients in levels:
         result, cpu = measured(f"{base}/predictions", off, clients, args.seconds, f"{clients:3d} clients, save off")
@@ -242,6 +265,70 @@ def served_phases(args, levels: list[int], images: list[bytes], model_cpu_s: flo
     return out
 
 
+def references(args, checkpoint: Path, images: list[bytes], levels: list[int]):
+    """[1] the model-only ceiling and the model's own CPU per image; [2] the seed-style script."""
+    print("\n[1] model-only ceiling")
+    ceiling = model_ceiling(checkpoint, ["torch channels_last", "onnxruntime fp32"], args.seconds / 2)
+    # The model's own CPU per image as the replicas run it: one thread, batch 1.
+    model_cpu_s = measure(checkpoint, "onnxruntime fp32", 1, 1, 1, args.seconds / 3).cpu_per_image_s
+    print(f"  ceiling: {ceiling.rate:.2f} img/s ({ceiling.how})")
+
+    print("\n[2] seed-style script (Starlette, ONNX Runtime, one image per call, decode per image)")
+    port = free_port()
+    server = start_seed_style(checkpoint, port)
+    requests = single_image_requests(f"http://127.0.0.1:{port}/predict", images, {})
+    seed = {c: closed_loop(f"http://127.0.0.1:{port}/predict", requests, c, args.seconds) for c in levels}
+    server.terminate()
+    server.join()
+    for c, r in seed.items():
+        print(r.row(f"{c:3d} clients"))
+    return ceiling, model_cpu_s, seed
+
+
+def variant_config(args, tmp: Path) -> tuple[Path, dict, list[str]]:
+    """The config file to deploy, this node's resources, and extra `ray start` arguments."""
+    cpus = float(os.environ.get("CXR_RAY_CPUS") or os.cpu_count() or 1)
+    if args.variant == "shipped":
+        return ROOT / "serve_config.yaml", {"CPU": cpus}, []
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from kube_serve_config import gpu
+
+    config = gpu(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
+    config["http_options"]["host"] = "127.0.0.1"  # the overlay listens on the pod IP; here loopback only
+    path = tmp / "serve_config.gpu.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    print("  the GPU overlay's config, with http_options.host 127.0.0.1 and the bench's checkpoint")
+    # One node plays both worker groups: the GPU one and the CPU one (its cxr_cpu_node resource).
+    return (
+        path,
+        {"CPU": cpus, "GPU": 1, "cxr_cpu_node": cpus},
+        ["--num-gpus", "1", "--resources", f'{{"cxr_cpu_node": {cpus:g}}}'],
+    )
+
+
+def summary(levels, ceiling, seed, served) -> None:
+    top = max(levels)
+    best_served = max(r.rate for r in served["off"].values())
+    print("\nsummary (saturation = best over client counts)")
+    print(f"  served, save off         {best_served:6.2f} img/s")
+    print(
+        f"  served, save on          {served['on'].rate:6.2f} img/s  (p50 {served['on'].percentile_ms(0.5):.0f} ms, "
+        f"p99 {served['on'].percentile_ms(0.99):.0f} ms; save off p50 {served['off'][top].percentile_ms(0.5):.0f} ms, "
+        f"p99 {served['off'][top].percentile_ms(0.99):.0f} ms at {top} clients)"
+    )
+    print(f"  served, batch requests   {served['batch'].rate:6.2f} img/s")
+    print(f"  save on / save off       {served['on'].rate / served['off'][top].rate:5.2f}   (goal >= 0.8)")
+    print(f"  batch / single requests  {served['batch'].rate / served['off'][top].rate:5.2f}")
+    print(f"  CPU outside the model    {served['outside_model_s'] * 1000:5.1f} ms/img (goal <= 10)")
+    if ceiling is None:
+        return
+    best_seed = max(r.rate for r in seed.values())
+    print(f"  model-only ceiling       {ceiling.rate:6.2f} img/s")
+    print(f"  seed-style script        {best_seed:6.2f} img/s")
+    print(f"  served / seed-style      {best_served / best_seed:5.2f}   (goal >= 1.0)")
+    print(f"  served / ceiling         {best_served / ceiling.rate:5.2f}   (goal >= 0.85)")
+
+
 def main(args) -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     images, source = bench_images(args.images)
@@ -253,41 +340,16 @@ def main(args) -> None:
             else make_checkpoint(args.backbone, args.image_size, Path(tmp) / "ckpt")
         )
         print(f"{checkpoint} on {os.cpu_count()} CPUs; images: {source}")
-        print("\n[1] model-only ceiling")
-        ceiling = model_ceiling(checkpoint, ["torch channels_last", "onnxruntime fp32"], args.seconds / 2)
-        # The model's own CPU per image as the replicas run it: one thread, batch 1.
-        model_cpu_s = measure(checkpoint, "onnxruntime fp32", 1, 1, 1, args.seconds / 3).cpu_per_image_s
-        print(f"  ceiling: {ceiling.rate:.2f} img/s ({ceiling.how})")
-
-        print("\n[2] seed-style script (Starlette, ONNX Runtime, one image per call, decode per image)")
-        port = free_port()
-        server = start_seed_style(checkpoint, port)
-        requests = single_image_requests(f"http://127.0.0.1:{port}/predict", images, {})
-        seed = {c: closed_loop(f"http://127.0.0.1:{port}/predict", requests, c, args.seconds) for c in levels}
-        server.terminate()
-        server.join()
-        for c, r in seed.items():
-            print(r.row(f"{c:3d} clients"))
-
-        print("\n[3] served: serve_config.yaml as shipped, on scripts/local_cluster.sh's cluster")
+        ceiling, model_cpu_s, seed = None, 0.0, None
+        if args.variant == "shipped":
+            ceiling, model_cpu_s, seed = references(args, checkpoint, images, levels)
+        print(f"\n[3] served: {args.variant} config, on scripts/local_cluster.sh's cluster")
+        config_path, node, start_args = variant_config(args, Path(tmp))
         for key, value in overrides.items():
             print(f"  OVERRIDE (not what ships): {key}={value}")
-        with LocalCluster(checkpoint, Path(tmp), overrides):
-            served = served_phases(args, levels, images, model_cpu_s)
-
-    best_served = max(r.rate for r in served["off"].values())
-    best_seed = max(r.rate for r in seed.values())
-    print("\nsummary (saturation = best over client counts)")
-    print(f"  model-only ceiling       {ceiling.rate:6.2f} img/s")
-    print(f"  seed-style script        {best_seed:6.2f} img/s")
-    print(f"  served, save off         {best_served:6.2f} img/s")
-    print(f"  served, save on          {served['on'].rate:6.2f} img/s")
-    print(f"  served, batch requests   {served['batch'].rate:6.2f} img/s")
-    print(f"  served / seed-style      {best_served / best_seed:5.2f}   (goal >= 1.0)")
-    print(f"  served / ceiling         {best_served / ceiling.rate:5.2f}   (goal >= 0.85)")
-    print(f"  save on / save off       {served['on'].rate / served['off'][max(levels)].rate:5.2f}   (goal >= 0.8)")
-    print(f"  batch / single requests  {served['batch'].rate / served['off'][max(levels)].rate:5.2f}")
-    print(f"  CPU outside the model    {served['outside_model_s'] * 1000:5.1f} ms/img (goal <= 10)")
+        with LocalCluster(checkpoint, Path(tmp), overrides, start_args):
+            served = served_phases(args, config_path, node, levels, images, model_cpu_s)
+    summary(levels, ceiling, seed, served)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class ModelCard:
     scope: dict = field(default_factory=dict)
     intended_use: str = "Decision support for chest radiograph triage; not for diagnostic use."
     synthetic_demo: bool = False
+    # Verified runtime exports beyond fp32 ONNX, e.g. {"onnx_int8": {agreement with fp32, method, ...}}.
+    exports: dict = field(default_factory=dict)
     schema_version: int = CARD_SCHEMA_VERSION
 
     @property
@@ -122,9 +124,14 @@ def save_checkpoint(model: CXRNet, card: ModelCard, directory: str | Path) -> Mo
     card.weights_sha256 = sha256_file(directory / WEIGHTS_FILE)
     card.created_at = card.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     card.code_version = card.code_version or code_version()
-    tmp = directory / (CARD_FILE + ".tmp")
+    return write_card(card, directory)
+
+
+def write_card(card: ModelCard, directory: str | Path) -> ModelCard:
+    """The card alone, atomically (a reader never sees half a file)."""
+    tmp = Path(directory) / (CARD_FILE + ".tmp")
     tmp.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True))
-    tmp.replace(directory / CARD_FILE)
+    tmp.replace(Path(directory) / CARD_FILE)
     return card
 
 

@@ -41,23 +41,6 @@ def _model_card(args) -> int:
     return 0
 
 
-def register_export(subparsers) -> None:
-    parser = subparsers.add_parser("export", help="write model.onnx beside a checkpoint, verified against torch")
-    parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.set_defaults(func=_export)
-
-
-def _export(args) -> int:
-    from cxr_model.onnx_runtime import export_onnx
-
-    record = export_onnx(args.checkpoint)
-    print(
-        f"wrote {args.checkpoint}/model.onnx (max |p_onnx - p_torch| = "
-        f"{record['max_abs_probability_diff']:.1e}, tolerance {record['tolerance']:.0e})"
-    )
-    return 0
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="CXR Serve: chest X-ray triage models")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

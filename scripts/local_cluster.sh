@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local one-node Ray cluster that serves serve_config.yaml. scripts/run.sh (the main job) and
 # bench/serve_throughput.py (the benchmark) both start it here, so the benchmark measures what ships.
-#   bash scripts/local_cluster.sh start   # start it; refuse first if serve_config.yaml cannot be placed on it
+#   bash scripts/local_cluster.sh start [RAY START ARGS]   # refuse first if serve_config.yaml cannot be placed
 #   bash scripts/local_cluster.sh stop
 # Environment: CXR_RAY_CPUS (default: this machine's cores, `nproc`) logical CPUs; CXR_METRICS_PORT
 # (8080) Ray's Prometheus port. Every CXR_* variable set here reaches the app: replicas inherit it.
@@ -17,7 +17,7 @@ case "${1:-}" in
         # The dashboard (loopback only) is what `serve deploy serve_config.yaml` talks to.
         .venv/bin/ray start --head --node-ip-address 127.0.0.1 --num-cpus "$cpus" \
             --metrics-export-port "${CXR_METRICS_PORT:-8080}" \
-            --include-dashboard true --dashboard-host 127.0.0.1 --disable-usage-stats >/dev/null
+            --include-dashboard true --dashboard-host 127.0.0.1 --disable-usage-stats "${@:2}" >/dev/null
         ;;
     stop)
         .venv/bin/ray stop --force >/dev/null 2>&1 || true

@@ -98,7 +98,7 @@ class Api(RouteOwner):
         kind = request.query_params.get("kind", "original")
         if kind not in IMAGE_KINDS:
             raise InputError(400, "bad_kind", f"kind must be one of {IMAGE_KINDS}", "kind")
-        data = await self.store.image.remote(request.path_params["prediction_id"], kind, identity_of(request))
+        data = await self.predictions.view(request.path_params["prediction_id"], kind, identity_of(request))
         if data is None:
             raise NotFound("no such image")
         return image_response(data, f"private, max-age={self.settings.image_cache_s}")

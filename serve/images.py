@@ -1,18 +1,25 @@
 """The pictures a prediction yields: the annotated radiograph, the Grad-CAM overlay, display and
-thumbnail sizes, and stored images as HTTP responses."""
+thumbnail sizes, and stored images as HTTP responses.
+
+A save stores the upload as received and, with Grad-CAM, the 8-bit heatmap (``stored_images``);
+the annotated picture and the overlay are drawn from the record when first asked for
+(``render_view``) and then cached by the Ingress (``ViewCache``): records never change."""
 
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 
+import numpy as np
 from PIL import Image
 from starlette.responses import Response
 
 from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, to_png
 from cxr_model.deidentify import deidentify
 from cxr_model.gradcam import overlay_heatmap
-from cxr_model.preprocessing import display_image, sniff_format
+from cxr_model.preprocessing import display_image, open_image, sniff_format
 from serve.prediction import Prediction
+from serve.records import ViewSource
 from ui.views import percent
 
 DISPLAY_SIDE = 1024  # the result view's image size; stored images keep full resolution
@@ -20,14 +27,14 @@ THUMBNAIL_SIDE = 160
 MEDIA_TYPES = {"jpeg": "image/jpeg", "dicom": "application/dicom", "png": "image/png"}
 
 
-def caption(prediction: Prediction) -> str:
+def caption(top_label: str, confidence: float) -> str:
     # The same rounding as the page's bars: 99.9% must not be burnt into the image as 100%.
-    return f"{prediction.top_label} {percent(prediction.confidence)}"
+    return f"{top_label} {percent(confidence)}"
 
 
 def annotated(prediction: Prediction, image: Image.Image | None = None) -> Image.Image:
     notice = DEMO_NOTICE if prediction.output.model.synthetic_demo else NOTICE
-    return annotate(image or prediction.request.original, caption(prediction), notice)
+    return annotate(image or prediction.request.original, caption(prediction.top_label, prediction.confidence), notice)
 
 
 def gradcam_overlay(prediction: Prediction, image: Image.Image | None = None) -> Image.Image | None:
@@ -37,12 +44,47 @@ def gradcam_overlay(prediction: Prediction, image: Image.Image | None = None) ->
 
 
 def stored_images(prediction: Prediction) -> dict[str, bytes]:
-    """What a save stores. Drawn and encoded only then: PNG encoding is the costliest CPU work
-    after the model, and plain predictions should not pay for it."""
-    images = {"original": deidentify(prediction.request.data), "annotated": to_png(annotated(prediction))}
+    """What a save stores: the upload as received (a DICOM file's preamble zeroed), no re-encoding,
+    and the Grad-CAM heatmap as a small 8-bit PNG when one was asked for."""
+    images = {"original": deidentify(prediction.request.data)}
     if prediction.heatmap is not None:
-        images["gradcam"] = to_png(gradcam_overlay(prediction))
+        heat = Image.fromarray((np.clip(prediction.heatmap, 0, 1) * 255).round().astype(np.uint8))
+        images["heatmap"] = to_png(heat)
     return images
+
+
+def render_view(source: ViewSource, max_pixels: int) -> bytes:
+    """A stored record's picture: as stored, or drawn from its original (and heatmap) and record."""
+    if source.stored is not None:
+        return source.stored
+    image = open_image(source.original, max_pixels)
+    if source.kind == "gradcam":
+        heatmap = np.asarray(Image.open(io.BytesIO(source.heatmap)), dtype=np.float32) / 255.0
+        return to_png(overlay_heatmap(image, heatmap))
+    notice = DEMO_NOTICE if source.synthetic_demo else NOTICE
+    return to_png(annotate(image, caption(source.top_label, source.confidence), notice))
+
+
+class ViewCache:
+    """Drawn pictures by (prediction, kind), least recently used first out, bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.size = max_bytes, 0
+        self.items: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> bytes | None:
+        data = self.items.get(key)
+        if data is not None:
+            self.items.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[str, str], data: bytes) -> None:
+        if len(data) > self.max_bytes or key in self.items:
+            return
+        self.items[key] = data
+        self.size += len(data)
+        while self.size > self.max_bytes:
+            self.size -= len(self.items.popitem(last=False)[1])
 
 
 def display_copy(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:

@@ -258,7 +258,7 @@ class Pages(RouteOwner):
         if kind not in IMAGE_KINDS:
             return Response("unknown image kind", 400, media_type="text/plain")
         try:
-            data = await self.store.image.remote(request.path_params["prediction_id"], kind, identity_of(request))
+            data = await self.predictions.view(request.path_params["prediction_id"], kind, identity_of(request))
         except Exception:
             return Response(status_code=503)
         return Response(status_code=404) if data is None else image_response(data, PAGE_IMAGE_CACHE)

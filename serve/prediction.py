@@ -75,5 +75,11 @@ def public_record(record: dict) -> dict:
     out = {k: v for k, v in record.items() if k not in INTERNAL_FIELDS}
     out["prediction_id"] = record["_id"]
     out["created_at"] = record["created_at"].isoformat()
-    out["images"] = {kind: f"/api/v1/predictions/{record['_id']}/image?kind={kind}" for kind in record["files"]}
+    out["images"] = {kind: f"/api/v1/predictions/{record['_id']}/image?kind={kind}" for kind in view_kinds(record)}
     return out
+
+
+def view_kinds(record: dict) -> list[str]:
+    """The pictures a record can be shown as: the original, annotated, and Grad-CAM when it was asked for."""
+    files = record["files"]
+    return ["original", "annotated"] + (["gradcam"] if "heatmap" in files or "gradcam" in files else [])

@@ -18,7 +18,7 @@ from cxr_model.checkpoint import ModelCard
 from cxr_model.scope import ImageLimits, ScopeVerdict, check_image
 from serve.errors import InputError, InvalidRequest, Unavailable
 from serve.identity import Identity
-from serve.images import stored_images
+from serve.images import ViewCache, render_view, stored_images
 from serve.inputs import PredictionRequest, check_request, model_levels
 from serve.metrics import IngressMetrics
 from serve.model_results import InputSizeMismatch, OutOfScope
@@ -35,6 +35,7 @@ class PredictionService:
         self._card: ModelCard | None = None
         self.metrics = IngressMetrics()
         self.workers = ThreadPoolExecutor(settings.ingress_threads, thread_name_prefix="ingress-cpu")
+        self.views = ViewCache(settings.view_cache_bytes)
 
     async def card(self, refresh: bool = False) -> ModelCard:
         if self._card is None or refresh:
@@ -145,3 +146,16 @@ class PredictionService:
         saved = await self.store.save.remote(prediction.record(actor), images, actor)
         self.metrics.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
         return saved
+
+    async def view(self, prediction_id: str, kind: str, actor: Identity) -> bytes | None:
+        """A stored record's picture, drawn at most once per Ingress replica while it stays cached.
+        Every fetch still goes through the store: its access check and audit entry come first."""
+        cached = self.views.get((prediction_id, kind))
+        source = await self.store.image.remote(prediction_id, kind, actor, cached is None)
+        if source is None:
+            return None
+        if cached is not None:
+            return cached
+        data = await self.off_loop(render_view, source, self.settings.max_pixels)
+        self.views.put((prediction_id, kind), data)
+        return data

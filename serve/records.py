@@ -25,7 +25,24 @@ from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError, W
 
 PREDICTIONS = "predictions"
 IMAGES = "images"  # the GridFS bucket: images.files and images.chunks
-IMAGE_KINDS = ("original", "annotated", "gradcam")
+IMAGE_KINDS = ("original", "annotated", "gradcam")  # the pictures a client may ask for
+# What a save stores: the upload as received, and with Grad-CAM the 8-bit heatmap. The annotated
+# picture and the overlay are drawn from them on request (records before this stored them too,
+# and those stored copies are still served as they are).
+STORED_KINDS = ("original", "heatmap")
+
+
+@dataclass(frozen=True)
+class ViewSource:
+    """What drawing one picture of a record needs: the stored picture itself, or what it is drawn from."""
+
+    kind: str
+    stored: bytes | None = None  # a picture kept as it is served (the original; older records' drawings)
+    original: bytes | None = None
+    heatmap: bytes | None = None
+    top_label: str = ""
+    confidence: float = 0.0
+    synthetic_demo: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,7 +100,7 @@ PREDICTION_SCHEMA = {
                 "code_version",
             ],
         },
-        "files": {"bsonType": "object", "required": ["original", "annotated"]},
+        "files": {"bsonType": "object", "required": ["original"]},
     },
 }
 
@@ -156,8 +173,7 @@ class PredictionRecords:
                 self.files.put(
                     data,
                     _id=file_id,
-                    filename=f"{prediction_id}-{kind}.png",
-                    content_type="image/png",
+                    filename=f"{prediction_id}-{kind}",
                     metadata={"prediction_id": prediction_id, "kind": kind, "request_id": record["request_id"]},
                 )
                 files[kind] = file_id
@@ -193,6 +209,24 @@ class PredictionRecords:
         if record is None or kind not in record["files"]:
             return None
         return self.files.get(record["files"][kind]).read()
+
+    def view_source(self, record: dict, kind: str, read: bool = True) -> ViewSource | None:
+        """How to serve picture ``kind`` of a record; ``read=False`` only says whether it exists."""
+        files = record["files"]
+        if kind in files:
+            return ViewSource(kind, self.files.get(files[kind]).read() if read else None)
+        if kind == "gradcam" and "heatmap" not in files:
+            return None  # no Grad-CAM was asked for
+        if kind not in ("annotated", "gradcam"):
+            return None
+        return ViewSource(
+            kind,
+            original=self.files.get(files["original"]).read() if read else None,
+            heatmap=self.files.get(files["heatmap"]).read() if read and kind == "gradcam" else None,
+            top_label=record["top_label"],
+            confidence=record["confidence"],
+            synthetic_demo=bool(record["model"].get("synthetic_demo")),
+        )
 
     def by_patient(
         self, patient_id: str, page: int = 1, page_size: int = 20, owner: str | None = None

@@ -37,6 +37,8 @@ class ServeSettings(BaseSettings):
     max_batch_items: int = Field(default=16, ge=1, le=256)
     max_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     image_cache_s: int = Field(default=3600, ge=0)  # browsers may keep a stored image this long (private)
+    # Annotated pictures and Grad-CAM overlays are drawn on first request; each Ingress keeps this many bytes.
+    view_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     # Who may call: api_key (bearer tokens for the API, a login session for the pages), proxy (an SSO
     # reverse proxy's identity header, trusted only from trusted_proxies), or off (the local demo only).

@@ -18,7 +18,7 @@ from serve.audit import AuditLog, pseudonym
 from serve.identity import Identity
 from serve.metrics import StoreMetrics
 from serve.orphans import OrphanSweeper, SweepResult
-from serve.records import PredictionRecords, SaveResult
+from serve.records import PredictionRecords, SaveResult, ViewSource
 from serve.sessions import SessionStore
 from serve.settings import ServeSettings
 
@@ -91,9 +91,11 @@ class ResultStore:
             self._log(actor, "view", prediction_id, record["patient_id"])
         return record
 
-    def image(self, prediction_id: str, kind: str, actor: Identity) -> bytes | None:
+    def image(self, prediction_id: str, kind: str, actor: Identity, read: bool = True) -> ViewSource | None:
+        """What the Ingress needs to serve one picture (it draws derived ones, and caches them: with
+        ``read=False`` this only checks access and writes the audit entry)."""
         record = self.records.get(prediction_id, self._owner(actor))
-        data = self.records.image(prediction_id, kind, record) if record is not None else None
+        data = self.records.view_source(record, kind, read) if record is not None else None
         if data is not None:
             self.audit.record(
                 actor, "export", prediction_id=prediction_id, patient_id=record["patient_id"], detail=kind

@@ -77,7 +77,7 @@ def test_repeated_request_id_saves_once(service, db):
     first = service.predict(chest_png(4), save="1", request_id=request_id).json()
     second = service.predict(chest_png(4), save="1", request_id=request_id).json()
     assert first["prediction_id"] == second["prediction_id"]
-    assert stored_counts(db) == (before[0] + 1, before[1] + 2)
+    assert stored_counts(db) == (before[0] + 1, before[1] + 1)  # one record, its original
 
 
 def test_concurrent_saves_with_one_request_id_store_one_record(service, db):
@@ -89,7 +89,7 @@ def test_concurrent_saves_with_one_request_id_store_one_record(service, db):
         )
     assert results[0]["prediction_id"] == results[1]["prediction_id"]
     assert db["predictions"].count_documents({"request_id": request_id}) == 1
-    assert stored_counts(db) == (before[0] + 1, before[1] + 2)
+    assert stored_counts(db) == (before[0] + 1, before[1] + 1)  # one record, its original
 
 
 def test_unknown_ids_and_kinds(service):
@@ -175,3 +175,23 @@ def test_bad_dicom_uploads_get_their_4xx_and_store_nothing(service, db, change, 
     )
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert stored_counts(db) == before
+
+
+def test_a_save_stores_the_upload_as_received_and_draws_pictures_on_request(service, db):
+    """One GridFS file per save (the original, byte for byte); the annotated picture is drawn from the
+    record when first asked for, then served the same from the Ingress's cache, audited each time."""
+    image = chest_png(61)
+    body = service.predict(image, patient_id="SV-0001", save="1").json()
+    stored = db["predictions"].find_one({"_id": body["prediction_id"]})
+    assert set(stored["files"]) == {"original"}
+    assert db["images.files"].count_documents({"metadata.prediction_id": body["prediction_id"]}) == 1
+    original = db["images.chunks"].find_one({"files_id": stored["files"]["original"]})["data"]
+    assert original == image[: len(original)]  # no re-encode: the stored bytes are the upload's
+    url = f"/api/v1/predictions/{body['prediction_id']}/image?kind=annotated"
+    exports = {"action": "export", "prediction_id": body["prediction_id"]}
+    first, second = service.http.get(url), service.http.get(url)
+    assert first.status_code == second.status_code == 200 and first.content == second.content
+    drawn = Image.open(io.BytesIO(first.content))
+    assert drawn.size == Image.open(io.BytesIO(image)).size and drawn.mode == "RGB"
+    assert db["audit"].count_documents(exports) == 2  # the cached copy is audited too
+    assert service.http.get(f"/api/v1/predictions/{body['prediction_id']}/image?kind=gradcam").status_code == 404

@@ -36,5 +36,6 @@ def test_the_annotated_caption_rounds_like_the_page(confidence, shown):
     # The rest spread over nine other labels, so that Normal is the top label even at 12%.
     output = ModelOutput([confidence] + [(1 - confidence) / 9] * 9, ["Normal"], False, model_info(), 1)
     prediction = Prediction(request=None, output=output)
-    assert prediction.top_label == "Normal" and caption(prediction) == f"Normal {shown}"
+    assert prediction.top_label == "Normal"
+    assert caption(prediction.top_label, prediction.confidence) == f"Normal {shown}"
     assert shown == percent(confidence)  # the page's filter for the bars and the headline

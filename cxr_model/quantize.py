@@ -1,0 +1,189 @@
+"""The opt-in int8 export: ONNX Runtime static QDQ quantisation, refused unless it agrees with fp32.
+
+``export_int8`` calibrates on images the caller gives (``cxr export --int8``: the checkpoint's
+validation split), writes ``model.int8.onnx`` beside ``model.onnx`` and records it under ``int8`` in
+``onnx.json`` only when, on held-out images, it agrees with fp32: top-1 agreement, the largest
+probability difference, and the out-of-scope gate's accept/refuse decisions (the export quantises
+the ``features`` output that feeds the gate too). A refused export leaves nothing behind.
+
+Accuracy comes from what stays fp32: the first convolution (it sees raw intensities, whose range
+int8 cuts coarsely) and the classifier head (its logits become the probabilities), with per-channel
+weights and percentile-calibrated activations elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr_model.checkpoint import read_card, sha256_file
+from cxr_model.classifier import probabilities_from_logits
+from cxr_model.onnx_runtime import INT8_FILE, ONNX_FILE, ONNX_RECORD, OUTPUTS, export_onnx, onnx_export_matches
+from cxr_model.scope import FeatureGate, load_scope
+
+CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class AgreementFloors:
+    top1: float = 0.99  # share of held-out images whose top label is the same
+    max_abs_dp: float = 0.03  # largest |p_int8 - p_fp32| over every image and label
+    gate: float = 1.0  # share of the gate's accept/refuse decisions that are the same
+
+
+@dataclass(frozen=True)
+class Agreement:
+    held_out: int
+    top1: float
+    max_abs_dp: float
+    gate_images: int  # held-out radiographs plus out-of-scope pictures
+    gate: float
+    gate_disagreements: int
+
+    def misses(self, floors: AgreementFloors) -> list[str]:
+        checks = [
+            (self.top1 >= floors.top1, f"top-1 agreement {self.top1:.4f} < {floors.top1}"),
+            (self.max_abs_dp <= floors.max_abs_dp, f"max |dp| {self.max_abs_dp:.4f} > {floors.max_abs_dp}"),
+            (self.gate >= floors.gate, f"gate agreement {self.gate:.4f} < {floors.gate}"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+
+class QuantizationRefused(RuntimeError):
+    def __init__(self, agreement: Agreement, misses: list[str]):
+        super().__init__("int8 export refused: " + "; ".join(misses))
+        self.agreement = agreement
+
+
+def cpu_int8_support() -> dict[str, bool]:
+    """The CPU's int8/bf16 dot-product instructions (Linux). Without VNNI the int8 path still works,
+    through slower instruction sequences, so the speed-up is smaller."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {flag: False for flag in CPU_FLAGS}
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
+class _Batches:
+    """ONNX Runtime's CalibrationDataReader protocol over an array of model inputs."""
+
+    def __init__(self, inputs: np.ndarray, batch: int = 8):
+        self.chunks = iter([inputs[i : i + batch] for i in range(0, len(inputs), batch)])
+
+    def get_next(self):
+        chunk = next(self.chunks, None)
+        return None if chunk is None else {"input": np.ascontiguousarray(chunk, dtype=np.float32)}
+
+
+def _kept_in_fp32(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    return convs[:1] + heads[-1:]
+
+
+def _quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_suffix(".prep.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(out),
+        _Batches(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Percentile,
+        nodes_to_exclude=_kept_in_fp32(prepared),
+        extra_options={"CalibPercentile": 99.999},
+    )
+    prepared.unlink()
+
+
+def _run(path: Path, inputs: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    parts = [session.run(OUTPUTS, {"input": inputs[i : i + batch]}) for i in range(0, len(inputs), batch)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _accepts(gate: FeatureGate | None, features: np.ndarray) -> np.ndarray:
+    if gate is None:
+        return np.ones(len(features), bool)
+    return np.array([v.in_scope for v in gate.verdicts(features)], bool)
+
+
+def measure_agreement(
+    fp32: Path, int8: Path, card, gate: FeatureGate | None, held_out: np.ndarray, out_of_scope: np.ndarray
+) -> Agreement:
+    def probabilities(logits):
+        return probabilities_from_logits(torch.from_numpy(logits), card.task, card.calibration_temperature).numpy()
+
+    both = np.concatenate([held_out, out_of_scope]) if len(out_of_scope) else held_out
+    logits32, features32 = _run(fp32, both)
+    logits8, features8 = _run(int8, both)
+    n = len(held_out)
+    p32, p8 = probabilities(logits32[:n]), probabilities(logits8[:n])
+    same_gate = _accepts(gate, features32) == _accepts(gate, features8)
+    return Agreement(
+        n,
+        float(np.mean(p32.argmax(1) == p8.argmax(1))),
+        float(np.abs(p32 - p8).max()),
+        len(both),
+        float(same_gate.mean()),
+        int((~same_gate).sum()),
+    )
+
+
+def export_int8(
+    checkpoint: str | Path,
+    calibration: np.ndarray,
+    held_out: np.ndarray,
+    out_of_scope: np.ndarray,
+    floors: AgreementFloors = AgreementFloors(),
+    sources: dict | None = None,
+) -> dict:
+    """Quantise, measure against fp32, and keep the export only if it meets ``floors``; returns the
+    record written under ``int8`` in onnx.json. Inputs are normalised model inputs [N, 3, S, S]."""
+    directory = Path(checkpoint)
+    card = read_card(directory)
+    if not onnx_export_matches(directory, card):
+        export_onnx(directory)
+    _, gate = load_scope(directory, card)
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = Path(tmp) / INT8_FILE
+        _quantize(directory / ONNX_FILE, candidate, calibration)
+        agreement = measure_agreement(directory / ONNX_FILE, candidate, card, gate, held_out, out_of_scope)
+        misses = agreement.misses(floors)
+        if misses:
+            raise QuantizationRefused(agreement, misses)
+        shutil.move(str(candidate), directory / INT8_FILE)
+    record = {
+        "file": INT8_FILE,
+        "onnx_sha256": sha256_file(directory / INT8_FILE),
+        "method": "ONNX Runtime static QDQ: int8 per-channel weights, uint8 activations (99.999th percentile "
+        "calibration); first convolution and classifier head in fp32",
+        "calibration_images": int(len(calibration)),
+        "agreement": asdict(agreement),
+        "floors": asdict(floors),
+        "sources": sources or {},
+        "cpu_int8_support": cpu_int8_support(),
+    }
+    onnx_record = json.loads((directory / ONNX_RECORD).read_text())
+    onnx_record["int8"] = record
+    (directory / ONNX_RECORD).write_text(json.dumps(onnx_record, indent=2))
+    return record
