@@ -6,9 +6,12 @@ validation split), writes ``model.int8.onnx`` beside ``model.onnx`` and records 
 probability difference, and the out-of-scope gate's accept/refuse decisions (the export quantises
 the ``features`` output that feeds the gate too). A refused export leaves nothing behind.
 
-Accuracy comes from what stays fp32: the first convolution (it sees raw intensities, whose range
-int8 cuts coarsely) and the classifier head (its logits become the probabilities), with per-channel
-weights and percentile-calibrated activations elsewhere.
+Only convolutions are quantised (per-channel weights, percentile-calibrated activations); the first
+one (it sees raw intensities) and the classifier head (its logits become the probabilities) stay
+fp32, as do batch norms, pooling and the features. Measured on a DenseNet-121 trained on the real
+sample: top-1 agreement 1.0 and max |dp| 0.023 on its test split, but the feature gate's
+Mahalanobis distance moves by up to ~13% of its threshold, so images near the threshold can flip:
+the gate floor (default: every decision the same) then refuses the export, and says so.
 """
 
 from __future__ import annotations
@@ -93,11 +96,16 @@ def _kept_in_fp32(path: Path) -> list[str]:
 
 
 def _quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = out.with_suffix(".prep.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    # One self-contained file first: the export keeps its weights in model.onnx.data, which the
+    # pre-processing step would look for beside its own temporary copy.
+    single, prepared = out.with_name("fp32.onnx"), out.with_name("prepared.onnx")
+    onnx.save(onnx.load(str(fp32)), str(single))
+    quant_pre_process(str(single), str(prepared), skip_symbolic_shape=True)
+    single.unlink()
     quantize_static(
         str(prepared),
         str(out),
@@ -108,6 +116,7 @@ def _quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.Percentile,
         nodes_to_exclude=_kept_in_fp32(prepared),
+        op_types_to_quantize=["Conv"],
         extra_options={"CalibPercentile": 99.999},
     )
     prepared.unlink()

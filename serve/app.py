@@ -25,6 +25,7 @@ class AppArgs(BaseModel):
     device: str = "auto"
     runtime: str = "auto"  # auto | torch | onnx; auto = ONNX Runtime on CPU when a verified export exists
     compile: bool = False  # torch.compile the torch runtime (GPU deployments)
+    precision: str = "fp32"  # fp32 | int8: the opt-in quantised ONNX export (`cxr export --int8`), CPU only
 
 
 def initial_checkpoint(settings: ServeSettings, args: AppArgs) -> str:
@@ -53,6 +54,8 @@ def with_secrets(settings: ServeSettings) -> ServeSettings:
 
 def build_app(args: AppArgs) -> Application:
     settings = with_secrets(ServeSettings())
-    classifier = BatchedClassifier.bind(initial_checkpoint(settings, args), args.device, args.runtime, args.compile)
+    classifier = BatchedClassifier.bind(
+        initial_checkpoint(settings, args), args.device, args.runtime, args.compile, args.precision
+    )
     store = ResultStore.bind(settings)
     return Ingress.bind(classifier, store, settings)

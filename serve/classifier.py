@@ -23,7 +23,7 @@ from ray import serve
 from cxr_model.checkpoint import load_network
 from cxr_model.classifier import Classifier, low_confidence, positive_labels, resolve_device
 from cxr_model.gradcam import gradcam
-from cxr_model.onnx_runtime import OnnxClassifier, onnx_export_matches
+from cxr_model.onnx_runtime import PRECISIONS, OnnxClassifier, onnx_export_matches
 from cxr_model.preprocessing import levels_to_unit, normalize
 from cxr_model.scope import FeatureGate, load_scope
 from serve.metrics import ClassifierMetrics
@@ -78,10 +78,21 @@ BATCH_DEFAULTS = ClassifierConfig()
 
 @serve.deployment(name="BatchedClassifier")
 class BatchedClassifier:
-    def __init__(self, checkpoint: str, device: str = "auto", runtime: str = "auto", compile: bool = False):
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "auto",
+        runtime: str = "auto",
+        compile: bool = False,
+        precision: str = "fp32",
+    ):
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
-        self.device, self.runtime, self.compile = device, runtime, compile
+        if precision not in PRECISIONS or (precision == "int8" and runtime == "torch"):
+            raise ValueError(
+                f"precision must be one of {PRECISIONS} (int8 only with the onnx runtime), not {precision!r}"
+            )
+        self.device, self.runtime, self.compile, self.precision = device, runtime, compile, precision
         # Ray pins OMP threads to the replica's CPUs; torch and ONNX Runtime must agree or they oversubscribe.
         self.threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(self.threads)
@@ -96,13 +107,19 @@ class BatchedClassifier:
         runtime = self.runtime
         if runtime == "auto":
             # Measured on CPU: ONNX Runtime beats eager torch; on GPU torch (bf16, channels_last) wins.
-            runtime = "onnx" if device.type == "cpu" and onnx_export_matches(checkpoint, card) else "torch"
+            exported = device.type == "cpu" and onnx_export_matches(checkpoint, card)
+            runtime = "onnx" if exported or self.precision == "int8" else "torch"
         torch_classifier = Classifier(
             model, card, device=str(device), channels_last=True, compile=self.compile and runtime == "torch"
         )
-        engine = OnnxClassifier(checkpoint, card, self.threads) if runtime == "onnx" else torch_classifier
+        # int8 refuses to start without its verified export (OnnxClassifier says `cxr export --int8`).
+        engine = (
+            OnnxClassifier(checkpoint, card, self.threads, self.precision) if runtime == "onnx" else torch_classifier
+        )
+        precision = self.precision if runtime == "onnx" else ("bf16" if device.type == "cuda" else "fp32")
         _, gate = load_scope(checkpoint, card)
-        return ServedModel(checkpoint, engine, torch_classifier, runtime, gate, ModelInfo.from_card(card, runtime))
+        info = ModelInfo.from_card(card, runtime, precision)
+        return ServedModel(checkpoint, engine, torch_classifier, runtime, gate, info)
 
     def _mark_loaded(self, card, loaded: int = 1) -> None:
         self.metrics.model_loaded.set(loaded, tags={"model": card.name, "version": card.version})

@@ -16,7 +16,8 @@ from cxr_model.scope import ScopeVerdict
 class ModelInfo:
     """Which model answered: shown in every response and stored with every record (traceability)."""
 
-    runtime: str
+    runtime: str  # onnx | torch
+    precision: str  # fp32, int8 (the opt-in quantised export), or bf16 (torch on a GPU)
     name: str
     version: str
     backbone: str
@@ -33,10 +34,11 @@ class ModelInfo:
     scope_gate: dict
 
     @classmethod
-    def from_card(cls, card: ModelCard, runtime: str) -> ModelInfo:
+    def from_card(cls, card: ModelCard, runtime: str, precision: str = "fp32") -> ModelInfo:
         scope = card.scope or {}
         return cls(
             runtime=runtime,
+            precision=precision,
             name=card.name,
             version=card.version,
             backbone=card.backbone,

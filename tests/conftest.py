@@ -22,7 +22,7 @@ from cxr_model.labels import COVID4  # noqa: E402
 from cxr_model.network import build_model  # noqa: E402
 from cxr_model.preprocessing import levels_to_unit, normalize, resize_levels  # noqa: E402
 from cxr_model.scope import GATE_FILE, fit_feature_gate  # noqa: E402
-from tests.helpers import IN_CI, make_card  # noqa: E402
+from tests.helpers import IN_CI, make_card, skip_or_fail_in_ci  # noqa: E402
 from training.synthetic import make_demo_dataset, render_chest  # noqa: E402
 
 # Hypothesis: derandomised in CI (a failure there reproduces exactly); random locally, to keep finding new cases.
@@ -131,3 +131,40 @@ def add_feature_gate(model, card: ModelCard, directory: Path, margin: float = 1.
         },
     }
     save_checkpoint(model, card, directory)
+
+
+REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real-sample"
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """The 1,000 real radiographs of ../shared (Kaggle layout); a user's own clone skips, CI fails."""
+    if not REAL_SAMPLE.is_dir():
+        skip_or_fail_in_ci("../shared/data/cxr-real-sample is not here (a user's own clone); CI provides it")
+    return REAL_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def real_trained_run(ray_cluster, real_sample, tmp_path_factory) -> Path:
+    """`cxr train`'s pipeline on the real sample: DenseNet-121 from random init at 64 px, 1 + 4 epochs
+    (about 2 minutes on 2 cores). Returns the run directory (checkpoint/, split_manifest.json, ...)."""
+    from training.config import StageConfig, TrainConfig
+    from training.pipeline import run_training
+
+    out = tmp_path_factory.mktemp("real-run")
+    config = TrainConfig(
+        data_dir=str(real_sample),
+        output_dir=str(out),
+        backbone="densenet121",
+        weights="none",
+        image_size=64,
+        batch_size=32,
+        eval_batch_size=64,
+        loader_workers=0,
+        stage1=StageConfig(epochs=1, lr=3e-3, patience=5),
+        stage2=StageConfig(epochs=4, lr=1e-3, patience=8),
+        model_version="real-sample-test",
+        progress=False,
+    )
+    run_training(config)
+    return out

@@ -33,6 +33,12 @@ def register_export(subparsers) -> None:
     parser.add_argument("--ood-per-kind", type=int, default=20, help="out-of-scope pictures per kind (default: 20)")
     parser.add_argument("--min-top1", type=float, default=0.99, help="least top-1 agreement (default: 0.99)")
     parser.add_argument("--max-dp", type=float, default=0.03, help="largest |p_int8 - p_fp32| (default: 0.03)")
+    parser.add_argument(
+        "--min-gate-agreement",
+        type=float,
+        default=1.0,
+        help="least share of the out-of-scope gate's decisions that must not change (default: 1.0, all)",
+    )
     parser.set_defaults(func=_export)
 
 
@@ -100,7 +106,7 @@ def _export(args) -> int:
     calibration = split_inputs(manifest, "val", args.calibration_images, spec)
     held_out = split_inputs(manifest, "test", args.held_out_images, spec)
     out_of_scope = out_of_scope_inputs(args.ood_per_kind, spec)
-    floors = AgreementFloors(top1=args.min_top1, max_abs_dp=args.max_dp)
+    floors = AgreementFloors(top1=args.min_top1, max_abs_dp=args.max_dp, gate=args.min_gate_agreement)
     sources = {
         "calibration": f"val split, {len(calibration)} images",
         "held_out": f"test split, {len(held_out)} images",

@@ -13,6 +13,7 @@ from ui.views import percent
 def model_info(**overrides) -> ModelInfo:
     fields = dict(
         runtime="torch",
+        precision="fp32",
         name="m",
         version="1",
         backbone="densenet121",

@@ -1,0 +1,78 @@
+"""Real radiographs through `cxr train` and `cxr export --int8` (../shared's sample; skips without it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_model.checkpoint import read_card, write_card
+from cxr_model.cli import main as cxr
+from cxr_model.onnx_runtime import INT8_FILE, OnnxClassifier
+from training.export import split_inputs
+
+# Four balanced classes: chance is 0.25. On the ~100-image test split, P(accuracy >= 0.6 | p = 0.25)
+# is below 1e-12 (binomial), so passing means the network learned from real pictures; the recipe
+# reaches ~0.84 here, which leaves room for seed-to-seed noise.
+LEARNED_ACCURACY = 0.6
+
+
+def test_training_learns_on_real_radiographs(real_trained_run):
+    report = json.loads((real_trained_run / "evaluation" / "report.json").read_text())
+    assert report["split"] == "test" and report["n"] >= 90
+    assert report["accuracy"] >= LEARNED_ACCURACY, report["accuracy"]
+    assert not read_card(real_trained_run / "checkpoint").synthetic_demo
+
+
+@pytest.fixture
+def checkpoint_copy(real_trained_run, tmp_path):
+    directory = tmp_path / "checkpoint"
+    shutil.copytree(real_trained_run / "checkpoint", directory)
+    return directory, real_trained_run / "split_manifest.json"
+
+
+def test_int8_export_agrees_with_fp32_on_held_out_radiographs_and_is_recorded(checkpoint_copy, capsys):
+    directory, manifest = checkpoint_copy
+    # The gate floor is lowered here: this test is about the labels; the gate's own figure is printed.
+    code = cxr(["export", str(directory), "--int8", "--manifest", str(manifest), "--min-gate-agreement", "0"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "CPU int8/bf16 instructions:" in printed and "gate decisions on" in printed
+    record = read_card(directory).exports["onnx_int8"]
+    agreement = record["agreement"]
+    assert agreement["held_out"] >= 90 and agreement["top1"] >= 0.99 and agreement["max_abs_dp"] <= 0.03
+    assert agreement["gate_images"] > agreement["held_out"]  # out-of-scope pictures were compared too
+    assert record["calibration_images"] >= 100 and "val split" in record["sources"]["calibration"]
+    assert json.loads((directory / "onnx.json").read_text())["int8"]["onnx_sha256"] == record["onnx_sha256"]
+
+    card = read_card(directory)
+    held_out = torch.from_numpy(split_inputs(json.loads(manifest.read_text()), "test", 64, card.preprocess_spec))
+    fp32 = OnnxClassifier(directory, card).predict_batch(held_out)
+    int8 = OnnxClassifier(directory, card, precision="int8").predict_batch(held_out)
+    assert np.abs(fp32 - int8).max() <= 0.03 and (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.95
+
+
+def test_an_int8_export_that_misses_a_floor_is_refused_and_leaves_nothing(checkpoint_copy, capsys):
+    directory, manifest = checkpoint_copy
+    before = (directory / "model_card.json").read_text()
+    code = cxr(["export", str(directory), "--int8", "--manifest", str(manifest), "--max-dp", "1e-6"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "REFUSED" in printed and "max |dp|" in printed
+    assert not (directory / INT8_FILE).exists()
+    assert "int8" not in json.loads((directory / "onnx.json").read_text())
+    assert (directory / "model_card.json").read_text() == before
+    with pytest.raises(RuntimeError, match="cxr export --int8"):
+        OnnxClassifier(directory, read_card(directory), precision="int8")
+
+
+def test_int8_export_refuses_a_manifest_the_checkpoint_was_not_trained_on(checkpoint_copy):
+    directory, manifest = checkpoint_copy
+    card = read_card(directory)
+    card.data_manifest_sha256 = "0" * 64  # as if trained on another split
+    write_card(card, directory)
+    with pytest.raises(SystemExit, match="not the split this checkpoint was trained on"):
+        cxr(["export", str(directory), "--int8", "--manifest", str(manifest)])
+    assert not (directory / INT8_FILE).exists()
