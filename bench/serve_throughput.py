@@ -265,6 +265,41 @@ def served_phases(args, config_path: Path, node: dict, levels: list[int], images
     return out
 
 
+def int8_export(checkpoint: Path, images: list[bytes]) -> bool:
+    """The bench checkpoint's int8 export, calibrated and compared on the bench's own images.
+
+    The bench model is untrained, so its agreement figures say nothing about accuracy (printed, not
+    enforced); `cxr export --int8` on a trained checkpoint is what enforces them."""
+    from cxr_model.checkpoint import read_card
+    from cxr_model.preprocessing import open_image
+    from cxr_model.quantize import AgreementFloors, cpu_int8_support, export_int8
+    from training.export import model_inputs
+
+    spec = read_card(checkpoint).preprocess_spec
+    inputs = model_inputs([open_image(data, spec.max_pixels) for data in images], spec)
+    half = len(inputs) // 2
+    record = export_int8(checkpoint, inputs[:half], inputs[half:], inputs[:0], AgreementFloors(0.0, 1.0, 0.0))
+    a = record["agreement"]
+    print(f"  int8 export (untrained model: top-1 {a['top1']:.3f}, max |dp| {a['max_abs_dp']:.4f}, not enforced)")
+    print("  CPU: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_int8_support().items()))
+    return True
+
+
+def int8_phase(args, tmp: Path, levels: list[int], images: list[bytes]) -> tuple:
+    """Redeploy with the opt-in precision: int8, and measure the top client count."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["precision"] = "int8"
+    path = tmp / "serve_config.int8.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    print("  OVERRIDE (the opt-in): args.precision int8")
+    url = "http://127.0.0.1:8000/api/v1/predictions"
+    requests = single_image_requests(url, images, {"patient_id": "BENCH-0001"})
+    want = intended_replicas(config, {"CPU": float(os.environ.get("CXR_RAY_CPUS") or os.cpu_count() or 1)})
+    deploy(path, want, url, requests, max(levels))
+    result, _ = measured(url, requests, max(levels), args.seconds, f"{max(levels):3d} clients, int8, save off")
+    return result
+
+
 def references(args, checkpoint: Path, images: list[bytes], levels: list[int]):
     """[1] the model-only ceiling and the model's own CPU per image; [2] the seed-style script."""
     print("\n[1] model-only ceiling")
@@ -347,9 +382,21 @@ def main(args) -> None:
         config_path, node, start_args = variant_config(args, Path(tmp))
         for key, value in overrides.items():
             print(f"  OVERRIDE (not what ships): {key}={value}")
+        int8 = args.variant == "shipped" and int8_export(checkpoint, images)
+        int8_ceiling = (
+            measure(checkpoint, "onnxruntime int8", os.cpu_count() or 1, 1, 1, args.seconds / 2) if int8 else None
+        )
         with LocalCluster(checkpoint, Path(tmp), overrides, start_args):
             served = served_phases(args, config_path, node, levels, images, model_cpu_s)
+            if int8:
+                served["int8"] = int8_phase(args, Path(tmp), levels, images)
     summary(levels, ceiling, seed, served)
+    if int8:
+        best_seed = max(r.rate for r in seed.values())
+        print(f"  int8 ceiling             {int8_ceiling.rate:6.2f} img/s ({int8_ceiling.how})")
+        print(f"  served int8              {served['int8'].rate:6.2f} img/s")
+        print(f"  served int8 / seed-style {served['int8'].rate / best_seed:5.2f}   (goal >= 1.3)")
+        print(f"  served int8 / int8 ceiling {served['int8'].rate / int8_ceiling.rate:5.2f} (goal >= 0.85)")
 
 
 if __name__ == "__main__":
