@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from serve.errors import InputError
@@ -123,6 +124,12 @@ async def read_small_form(request: Request) -> Upload:
         form = await request.form(max_files=0, max_fields=SMALL_FORM_FIELDS, max_part_size=SMALL_FIELD_BYTES)
     except BodyTooLarge:
         raise InputError(413, "too_large", "the form is larger than this page sends") from None
+    except MultiPartException as exc:
+        # An oversized field is a too-large body whichever limit the stream meets first (the
+        # field's or the route's, which depends on how the server chunks the body): one answer.
+        if "exceeded maximum size" in str(exc):
+            raise InputError(413, "too_large", "the form is larger than this page sends") from None
+        raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
     except Exception as exc:
         raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
     try:

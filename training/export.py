@@ -22,7 +22,9 @@ def register_export(subparsers) -> None:
         "export", help="write model.onnx beside a checkpoint (verified against torch); --int8 adds model.int8.onnx"
     )
     parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.add_argument("--int8", action="store_true", help="also the int8 export, kept only if it agrees with fp32")
+    parser.add_argument(
+        "--int8", action="store_true", help="also the int8 export, kept only if it agrees with fp32 (default: off)"
+    )
     parser.add_argument(
         "--manifest",
         default=None,
