@@ -106,14 +106,23 @@ def onnx_export_matches(checkpoint: str | Path, card: ModelCard, precision: str 
     return (directory / INT8_FILE).is_file() and int8.get("onnx_sha256") == sha256_file(directory / INT8_FILE)
 
 
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    # ORT's pool spin-waits by default, burning the cores the HTTP proxy and ingress share.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxClassifier:
     """CPU inference through ONNX Runtime; same ``predict_batch`` contract as ``Classifier``."""
 
     device = torch.device("cpu")
 
     def __init__(self, checkpoint: str | Path, card: ModelCard, threads: int = 1, precision: str = "fp32"):
-        import onnxruntime as ort
-
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if not onnx_export_matches(checkpoint, card, precision):
@@ -122,25 +131,22 @@ class OnnxClassifier:
                 f"no verified {precision} ONNX export for these weights in {checkpoint}; run `cxr export{flag}`"
             )
         self.precision = precision
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        # ORT's pool spin-waits by default, burning the cores the HTTP proxy and ingress share.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(Path(checkpoint) / (INT8_FILE if precision == "int8" else ONNX_FILE)),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
+        directory = Path(checkpoint)
+        self.session = _session(directory / (INT8_FILE if precision == "int8" else ONNX_FILE), threads)
+        # int8: near-threshold images go through fp32 again so the out-of-scope gate decides as fp32
+        # would (cxr_model.quantize.recheck_rows); the band was measured when the export was made.
+        self.gate_recheck_band = float((read_record(directory).get("int8") or {}).get("gate_recheck_band", 0.0))
+        self.fp32 = _session(directory / ONNX_FILE, threads) if precision == "int8" and self.gate_recheck_band else None
         self.card = card
         self.labels = list(card.labels)
         self.task = card.task
 
-    def predict_with_features(self, tensors) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with_features(self, tensors, fp32: bool = False) -> tuple[np.ndarray, np.ndarray]:
         batch = torch.stack(list(tensors)) if not isinstance(tensors, torch.Tensor) else tensors
         if batch.dim() == 3:
             batch = batch.unsqueeze(0)
-        logits, features = self.session.run(OUTPUTS, {"input": batch.float().contiguous().numpy()})
+        session = self.fp32 if fp32 and self.fp32 is not None else self.session
+        logits, features = session.run(OUTPUTS, {"input": batch.float().contiguous().numpy()})
         probs = probabilities_from_logits(torch.from_numpy(logits), self.task, self.card.calibration_temperature)
         return probs.numpy(), features
 

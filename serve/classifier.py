@@ -25,6 +25,7 @@ from cxr_model.classifier import Classifier, low_confidence, positive_labels, re
 from cxr_model.gradcam import gradcam
 from cxr_model.onnx_runtime import PRECISIONS, OnnxClassifier, onnx_export_matches
 from cxr_model.preprocessing import levels_to_unit, normalize
+from cxr_model.quantize import recheck_rows
 from cxr_model.scope import FeatureGate, load_scope
 from serve.metrics import ClassifierMetrics
 from serve.model_results import Explanation, InputSizeMismatch, ModelInfo, ModelOutput, OutOfScope
@@ -141,9 +142,16 @@ class BatchedClassifier:
 
     def _forward(self, served: ServedModel, grays: list[np.ndarray]) -> tuple[np.ndarray, list]:
         classifier = served.engine
-        probs, features = classifier.predict_with_features(stack_inputs(grays, classifier.card.preprocess_spec))
-        verdicts = served.gate.verdicts(features) if served.gate is not None else [None] * len(probs)
-        return probs, verdicts
+        batch = stack_inputs(grays, classifier.card.preprocess_spec)
+        probs, features = classifier.predict_with_features(batch)
+        if served.gate is None:
+            return probs, [None] * len(probs)
+        # int8: images near the gate's threshold are answered from an fp32 run (cxr_model.quantize).
+        rows = recheck_rows(served.gate, features, getattr(classifier, "gate_recheck_band", 0.0))
+        if len(rows):
+            probs[rows], features[rows] = classifier.predict_with_features(batch[torch.from_numpy(rows)], fp32=True)
+            self.metrics.gate_rechecks.inc(len(rows))
+        return probs, served.gate.verdicts(features)
 
     async def predict(self, gray: np.ndarray) -> ModelOutput:
         """Grey levels [1, S, S] (``serve.inputs.model_levels``: uint8, or float32 in [0, 1]) -> the

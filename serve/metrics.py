@@ -51,6 +51,9 @@ class ClassifierMetrics:
             "cxr_model_info", description="1 for the model version this replica serves", tag_keys=("model", "version")
         )
         self.rolls = Counter("cxr_model_rolls_total", description="checkpoints loaded via user_config")
+        self.gate_rechecks = Counter(
+            "cxr_gate_rechecks_total", description="int8 images near the out-of-scope gate's threshold re-run in fp32"
+        )
 
 
 class StoreMetrics:

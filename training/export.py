@@ -136,5 +136,6 @@ def _print_agreement_dict(a: dict) -> None:
     print(
         f"int8 vs fp32 on {a['held_out']} held-out radiographs: top-1 agreement {a['top1']:.4f}, "
         f"max |dp| {a['max_abs_dp']:.4f}; gate decisions on {a['gate_images']} images (held-out + out-of-scope): "
-        f"{a['gate']:.4f} agree ({a['gate_disagreements']} differ)"
+        f"{a['gate']:.4f} agree ({a['gate_disagreements']} differ), with images within "
+        f"{a['gate_recheck_band']:.1%} of the threshold re-run in fp32 ({a['gate_rechecked']:.1%} of them)"
     )

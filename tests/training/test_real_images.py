@@ -12,6 +12,8 @@ import torch
 from cxr_model.checkpoint import read_card, write_card
 from cxr_model.cli import main as cxr
 from cxr_model.onnx_runtime import INT8_FILE, OnnxClassifier
+from cxr_model.quantize import recheck_rows
+from cxr_model.scope import load_scope
 from training.export import split_inputs
 
 # Four balanced classes: chance is 0.25. On the ~100-image test split, P(accuracy >= 0.6 | p = 0.25)
@@ -36,8 +38,7 @@ def checkpoint_copy(real_trained_run, tmp_path):
 
 def test_int8_export_agrees_with_fp32_on_held_out_radiographs_and_is_recorded(checkpoint_copy, capsys):
     directory, manifest = checkpoint_copy
-    # The gate floor is lowered here: this test is about the labels; the gate's own figure is printed.
-    code = cxr(["export", str(directory), "--int8", "--manifest", str(manifest), "--min-gate-agreement", "0"])
+    code = cxr(["export", str(directory), "--int8", "--manifest", str(manifest)])  # the default floors
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "CPU int8/bf16 instructions:" in printed and "gate decisions on" in printed
@@ -45,6 +46,7 @@ def test_int8_export_agrees_with_fp32_on_held_out_radiographs_and_is_recorded(ch
     agreement = record["agreement"]
     assert agreement["held_out"] >= 90 and agreement["top1"] >= 0.99 and agreement["max_abs_dp"] <= 0.03
     assert agreement["gate_images"] > agreement["held_out"]  # out-of-scope pictures were compared too
+    assert agreement["gate"] == 1.0 and 0 < agreement["gate_recheck_band"] < 0.5
     assert record["calibration_images"] >= 100 and "val split" in record["sources"]["calibration"]
     assert json.loads((directory / "onnx.json").read_text())["int8"]["onnx_sha256"] == record["onnx_sha256"]
 
@@ -53,6 +55,19 @@ def test_int8_export_agrees_with_fp32_on_held_out_radiographs_and_is_recorded(ch
     fp32 = OnnxClassifier(directory, card).predict_batch(held_out)
     int8 = OnnxClassifier(directory, card, precision="int8").predict_batch(held_out)
     assert np.abs(fp32 - int8).max() <= 0.03 and (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.95
+    # The gate's fp32 path: the int8 engine carries the fp32 session for near-threshold images.
+    engine = OnnxClassifier(directory, card, precision="int8")
+    assert engine.gate_recheck_band == record["gate_recheck_band"]
+    assert np.allclose(engine.predict_with_features(held_out[:4], fp32=True)[0], fp32[:4], atol=1e-6)
+
+
+def test_the_recheck_picks_exactly_the_images_near_the_gate_threshold(real_trained_run):
+    _, gate = load_scope(real_trained_run / "checkpoint", read_card(real_trained_run / "checkpoint"))
+    direction = np.linalg.eigh(gate.precision)[1][:, -1]  # distance grows fastest along this axis
+    unit = gate.distances((gate.mean + direction)[None])[0]
+    features = np.stack([gate.mean + direction * gate.threshold * f / unit for f in (0.5, 0.97, 1.02, 1.5)])
+    assert list(recheck_rows(gate, features, band=0.05)) == [1, 2]
+    assert list(recheck_rows(gate, features, band=0.0)) == [] and list(recheck_rows(None, features, 0.05)) == []
 
 
 def test_an_int8_export_that_misses_a_floor_is_refused_and_leaves_nothing(checkpoint_copy, capsys):
