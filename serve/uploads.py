@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from serve.errors import InputError
@@ -27,6 +26,16 @@ class Upload:
     filename: str | None = None
 
 
+def form_error(exc: Exception, too_large: InputError) -> InputError:
+    """What a form parser's refusal means. Inside an app Starlette turns its parser's limit errors
+    into ``HTTPException(400)``; an oversized field is a body too large (413) whichever limit the
+    stream meets first, the field's or the route's (that depends on how the server chunks the body)."""
+    detail = str(getattr(exc, "detail", None) or exc)
+    if "exceeded maximum size" in detail:
+        return too_large
+    return InputError(400, "bad_form", f"the form could not be parsed: {detail}")
+
+
 class BodyTooLarge(Exception):
     """The body went past its route's limit while streaming in (``serve.routes.bounded``)."""
 
@@ -43,8 +52,8 @@ async def read_upload(request: Request, max_bytes: int, image_required: bool = T
         form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
     except BodyTooLarge:
         raise InputError(413, "too_large", f"the upload exceeds {max_bytes} bytes", "image") from None
-    except Exception as exc:  # starlette raises MultiPartException / HTTPException on limits
-        raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
+    except Exception as exc:
+        raise form_error(exc, InputError(413, "too_large", f"a form field exceeds {MAX_FIELD_BYTES} bytes")) from exc
     try:
         upload = Upload({k: v for k, v in form.items() if isinstance(v, str)})
         file = form.get("image")
@@ -102,7 +111,10 @@ async def read_batch(request: Request, max_image_bytes: int, max_items: int) -> 
     except BodyTooLarge:
         raise InputError(413, "too_large", "the batch exceeds its byte limit", "image") from None
     except Exception as exc:  # too many files or fields, a broken body
-        raise InputError(400, "bad_form", f"the form could not be parsed (at most {max_items} images): {exc}") from exc
+        error = form_error(exc, InputError(413, "too_large", "the items field is too large", "items"))
+        if error.status == 400:
+            error = InputError(400, "bad_form", f"{error} (at most {max_items} images)")
+        raise error from exc
     try:
         files = [v for k, v in form.multi_items() if k == "image" and not isinstance(v, str)]
         if not files:
@@ -124,14 +136,8 @@ async def read_small_form(request: Request) -> Upload:
         form = await request.form(max_files=0, max_fields=SMALL_FORM_FIELDS, max_part_size=SMALL_FIELD_BYTES)
     except BodyTooLarge:
         raise InputError(413, "too_large", "the form is larger than this page sends") from None
-    except MultiPartException as exc:
-        # An oversized field is a too-large body whichever limit the stream meets first (the
-        # field's or the route's, which depends on how the server chunks the body): one answer.
-        if "exceeded maximum size" in str(exc):
-            raise InputError(413, "too_large", "the form is larger than this page sends") from None
-        raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
     except Exception as exc:
-        raise InputError(400, "bad_form", f"the form could not be parsed: {exc}") from exc
+        raise form_error(exc, InputError(413, "too_large", "the form is larger than this page sends")) from exc
     try:
         return Upload({k: v for k, v in form.items() if isinstance(v, str)})
     finally:

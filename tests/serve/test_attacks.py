@@ -197,3 +197,21 @@ def test_healthz_answers_promptly_while_large_uploads_are_decoded(service):
     # A probe queued behind decodes on the event loop waits for them (hundreds of ms each); off the
     # loop it is answered in milliseconds.
     assert latencies[len(latencies) // 2] < 0.1, latencies
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/login", {"api_key": "x" * 2048}),  # a small form's field is 1 KB at most; the body is far below 64 KB
+        ("/logout", {"csrf_token": "y" * 4096}),
+        ("/api/v1/predictions", {"patient_id": "z" * 70_000}),  # an upload's text field is 64 KB at most
+    ],
+)
+def test_an_oversized_field_is_413_however_the_body_is_chunked(service, path, body):
+    """Whichever limit trips first, the field's or the body's, the answer is the same 413."""
+    if path.startswith("/api"):  # the API checks the key before it reads a byte of the body
+        response = service.http.post(path, data=body, files={"image": ("a.png", chest_png(5), "image/png")})
+    else:
+        with client(service.base_url, timeout=60) as anonymous:
+            response = anonymous.post(path, data=body)
+    assert response.status_code == 413, response.text[:300]
