@@ -48,6 +48,14 @@ def _scope_section(card: ModelCard) -> list[str]:
         f"- Feature gate: distance threshold {gate['threshold']:.1f} over {gate['feature_dim']} features, "
         f"fitted on the {gate['fitted_on']}, threshold from the {gate['threshold_from']} "
         f"(target false rejection {_pct(gate['target_false_rejection'])}).",
+    ]
+    if scope.get("layout_gate"):
+        layout = scope["layout_gate"]
+        lines.append(
+            f"- Layout gate: distance threshold {layout['threshold']:.1f} over {layout['feature_dim']} layout "
+            f"values, fitted on the {layout['fitted_on']}, threshold from the {layout['threshold_from']}."
+        )
+    lines += [
         '- An image the gate refuses gets no label: the answer is "out of scope" with the reason.',
         "",
         "| images | n | refused | rate |",
@@ -63,6 +71,11 @@ def _scope_section(card: ModelCard) -> list[str]:
         lines.append(
             f"| {kind.replace('_', ' ')} | {row['n']} | {row['refused']} ({caught}) | miss {_pct(row['miss_rate'])} |"
         )
+    sources = {kind: row["source"] for kind, row in (rates.get("out_of_scope") or {}).items() if row.get("source")}
+    if sources:
+        lines += ["", "Sources of the out-of-scope pictures:"] + [
+            f"- {k.replace('_', ' ')}: {v}" for k, v in sources.items()
+        ]
     if rates.get("out_of_scope_source"):
         lines += [
             "",

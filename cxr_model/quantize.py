@@ -204,7 +204,8 @@ def export_int8(
     card = read_card(directory)
     if not onnx_export_matches(directory, card):
         export_onnx(directory)
-    _, gate = load_scope(directory, card)
+    _, gates = load_scope(directory, card)
+    gate = gates.features if gates else None  # int8 changes the features; the layout gate reads pixels
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / INT8_FILE
         _quantize(directory / ONNX_FILE, candidate, calibration)

@@ -6,12 +6,16 @@ them, often with high confidence. Two checks run before a label is shown:
 1. **Image checks** (model-independent, before the model runs): a radiograph is
    greyscale, has contrast, and is smooth at the model's resolution. Colour
    photographs and screenshots, blank frames and noise fail one of these.
-2. **Feature gate** (fitted per checkpoint in training): the Mahalanobis
-   distance of the backbone's pooled features from the training images'
-   features (mean and Ledoit-Wolf shrunk covariance). Its threshold is the
-   validation split's quantile for a target false-rejection rate, so other body
-   parts, other views and greyscale photographs that pass the image checks
-   still land far from the training data.
+2. **Fitted gates** (per checkpoint, in training), each a Mahalanobis distance
+   from the training split (mean and Ledoit-Wolf shrunk covariance) with its
+   threshold at the validation split's quantile for a target false-rejection
+   rate:
+   - the *feature gate* on the backbone's pooled features (what the model sees);
+   - the *layout gate* on a model-independent 16 x 16 picture of the image plus
+     its grey-level quantiles (where a chest radiograph is bright and dark).
+   An image must pass both. Other body parts, other views, greyscale
+   photographs and screenshots of text that pass the image checks land far
+   from the training data in one or both.
 
 Each rejection names a reason with a clinician-readable message. The measured
 false-rejection and miss rates go into the model card.
@@ -25,8 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SCOPE_VERSION = "cxr-scope-1"
+SCOPE_VERSION = "cxr-scope-2"
 GATE_FILE = "scope_gate.npz"
+LAYOUT_FILE = "layout_gate.npz"
+LAYOUT_GRID = 16  # 16 x 16 blocks: lungs, mediastinum, shoulders and diaphragm each span several
+LAYOUT_QUANTILES = np.linspace(0.05, 0.95, 10)
 
 REASONS = {
     "colour_image": "This is a colour picture (a photograph or screenshot?), not a radiograph. "
@@ -35,6 +42,10 @@ REASONS = {
     "noise_image": "This image is mostly noise, with no anatomical structure.",
     "unlike_chest_radiographs": "This image does not look like the frontal chest radiographs the model was "
     "trained on (another body part, view or kind of picture?). No label is given.",
+    "unlike_synthetic_demo_images": "This demo model was trained only on generated pictures, so it refuses real "
+    "radiographs too: the refusal says nothing about your image. To analyse real chest X-rays, train on real "
+    "data (CXR_DEMO_DATA=/path/to/dataset bash scripts/run.sh, or cxr train) or set CXR_CHECKPOINT to a "
+    "checkpoint trained on real radiographs.",
 }
 
 
@@ -108,28 +119,16 @@ def check_image(image: Image.Image, levels: np.ndarray, limits: ImageLimits) -> 
     return ScopeVerdict(True, None, measures)
 
 
-@dataclass
-class FeatureGate:
-    """Mahalanobis distance to the training features; above ``threshold`` is out of scope."""
+class Mahalanobis:
+    """Distance from a Gaussian fitted on chest radiographs; above ``threshold`` is out of scope."""
 
-    mean: np.ndarray
-    precision: np.ndarray
-    threshold: float
+    def __init__(self, mean: np.ndarray, precision: np.ndarray, threshold: float):
+        self.mean, self.precision, self.threshold = mean, precision, threshold
 
-    def distances(self, features: np.ndarray) -> np.ndarray:
-        centred = np.asarray(features, dtype=np.float64) - self.mean
+    def distances(self, vectors: np.ndarray) -> np.ndarray:
+        centred = np.asarray(vectors, dtype=np.float64) - self.mean
         squared = np.einsum("ij,jk,ik->i", centred, self.precision, centred)
         return np.sqrt(np.clip(squared, 0.0, None))
-
-    def verdicts(self, features: np.ndarray) -> list[ScopeVerdict]:
-        return [
-            ScopeVerdict(
-                bool(d <= self.threshold),
-                None if d <= self.threshold else "unlike_chest_radiographs",
-                {"feature_distance": float(d), "feature_threshold": self.threshold},
-            )
-            for d in self.distances(features)
-        ]
 
     def save(self, path: str | Path) -> None:
         # float32 on disk: DenseNet-161's 2208-wide precision matrix is 19 MB instead of 39.
@@ -142,46 +141,114 @@ class FeatureGate:
             )
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureGate":
+    def load(cls, path: str | Path):
         with np.load(path, allow_pickle=False) as data:
             return cls(data["mean"].astype(np.float64), data["precision"].astype(np.float64), float(data["threshold"]))
+
+    @classmethod
+    def fit(cls, train: np.ndarray, val: np.ndarray, false_rejection: float = 0.01):
+        """Gaussian fitted on ``train``; threshold at the ``val`` (1 - false_rejection) quantile."""
+        from sklearn.covariance import LedoitWolf  # shrinkage: far fewer images than dimensions
+
+        estimate = LedoitWolf().fit(np.asarray(train, dtype=np.float64))
+        # Round-trip through float32 first, so the threshold is set on the distances that will be served.
+        gate = cls(
+            estimate.location_.astype(np.float32).astype(np.float64),
+            estimate.precision_.astype(np.float32).astype(np.float64),
+            float("inf"),
+        )
+        gate.threshold = float(np.quantile(gate.distances(val), 1.0 - false_rejection))
+        return gate
+
+
+class FeatureGate(Mahalanobis):
+    """On the backbone's pooled features: what the model itself sees as unlike its training images."""
+
+
+class LayoutGate(Mahalanobis):
+    """On a model-independent picture of the image: where it is bright and dark, and its grey-level
+    distribution. A frontal chest radiograph has a fixed layout (dark lungs either side of a bright
+    mediastinum, shoulders above, diaphragm below) that photographs, text, skulls and limbs lack;
+    the feature gate of a model trained from scratch on a few thousand radiographs can miss those,
+    because its features never had to tell them apart."""
+
+    @staticmethod
+    def describe(levels: np.ndarray) -> np.ndarray:
+        """Model-size grey levels ([S, S] or [1, S, S]; uint8 or float in [0, 1]) -> descriptor."""
+        grey = levels.reshape(levels.shape[-2:])
+        grey = grey.astype(np.float32) / 255.0 if grey.dtype == np.uint8 else grey.astype(np.float32)
+        grid = np.asarray(Image.fromarray(grey).resize((LAYOUT_GRID, LAYOUT_GRID), Image.Resampling.BOX))
+        layout = grid.astype(np.float64).ravel()
+        # Exposure-free layout: the same anatomy at another window still has the same shape.
+        layout = (layout - layout.mean()) / max(float(layout.std()), 1e-3)
+        return np.concatenate([layout, np.quantile(grey, LAYOUT_QUANTILES)])
+
+    def level_distances(self, levels: list[np.ndarray]) -> np.ndarray:
+        return self.distances(np.stack([self.describe(g) for g in levels]))
+
+
+@dataclass(frozen=True)
+class ScopeGates:
+    """The fitted half of the out-of-scope gate: an image is in scope only if every gate accepts it."""
+
+    features: FeatureGate | None = None
+    layout: LayoutGate | None = None
+    reason: str = "unlike_chest_radiographs"  # what a refusal says (a synthetic demo model says so)
+
+    def verdicts(self, features: np.ndarray, levels: list[np.ndarray]) -> list[ScopeVerdict]:
+        """One verdict per image from its pooled features and its model-size grey levels."""
+        measures: list[dict] = [{} for _ in levels]
+        refused = np.zeros(len(levels), bool)
+        for name, gate, values in (
+            ("feature", self.features, lambda: self.features.distances(features)),
+            ("layout", self.layout, lambda: self.layout.level_distances(levels)),
+        ):
+            if gate is None or not len(levels):
+                continue
+            for i, d in enumerate(values()):
+                measures[i] |= {f"{name}_distance": float(d), f"{name}_threshold": gate.threshold}
+                refused[i] |= bool(d > gate.threshold)
+        return [ScopeVerdict(not r, self.reason if r else None, m) for r, m in zip(refused, measures)]
 
 
 def fit_feature_gate(
     train_features: np.ndarray, val_features: np.ndarray, false_rejection: float = 0.01
 ) -> FeatureGate:
-    """Gaussian fitted on training features; threshold at the validation (1 - false_rejection) quantile."""
-    from sklearn.covariance import LedoitWolf  # shrinkage: far fewer images than feature dimensions
+    return FeatureGate.fit(train_features, val_features, false_rejection)
 
-    train = np.asarray(train_features, dtype=np.float64)
-    estimate = LedoitWolf().fit(train)
-    gate = FeatureGate(estimate.location_, estimate.precision_, float("inf"))
-    # Round-trip through float32 first, so the threshold is set on the distances that will be served.
-    gate = FeatureGate(
-        gate.mean.astype(np.float32).astype(np.float64),
-        gate.precision.astype(np.float32).astype(np.float64),
-        float("inf"),
+
+def fit_layout_gate(train_levels, val_levels, false_rejection: float = 0.01) -> LayoutGate:
+    describe = LayoutGate.describe
+    return LayoutGate.fit(
+        np.stack([describe(g) for g in train_levels]), np.stack([describe(g) for g in val_levels]), false_rejection
     )
-    gate.threshold = float(np.quantile(gate.distances(val_features), 1.0 - false_rejection))
-    return gate
 
 
 class ScopeGateError(RuntimeError):
     """A checkpoint's gate file is missing or does not match its model card."""
 
 
-def load_scope(directory: str | Path, card) -> tuple[ImageLimits, FeatureGate | None]:
-    """The checkpoint's image limits and feature gate (None when the card has no fitted gate)."""
+def _verified(directory: Path, record: dict, gate_type):
     from cxr_model.checkpoint import sha256_file
 
-    scope = card.scope or {}
-    limits = ImageLimits.from_dict(scope.get("image_limits"))
-    gate_record = scope.get("feature_gate")
-    if not gate_record:
-        return limits, None
-    path = Path(directory) / gate_record["file"]
+    path = directory / record["file"]
     if not path.is_file():
         raise ScopeGateError(f"the model card names {path.name} but it is missing from {directory}")
-    if sha256_file(path) != gate_record["sha256"]:
+    if sha256_file(path) != record["sha256"]:
         raise ScopeGateError(f"{path} does not match the sha256 in its model card")
-    return limits, FeatureGate.load(path)
+    return gate_type.load(path)
+
+
+def load_scope(directory: str | Path, card) -> tuple[ImageLimits, ScopeGates | None]:
+    """The checkpoint's image limits and fitted gates (None when the card has no fitted gate)."""
+    scope = card.scope or {}
+    limits = ImageLimits.from_dict(scope.get("image_limits"))
+    records = scope.get("feature_gate"), scope.get("layout_gate")
+    if not any(records):
+        return limits, None
+    features, layout = (
+        _verified(Path(directory), record, gate_type) if record else None
+        for record, gate_type in zip(records, (FeatureGate, LayoutGate))
+    )
+    reason = "unlike_synthetic_demo_images" if card.synthetic_demo else "unlike_chest_radiographs"
+    return limits, ScopeGates(features, layout, reason)

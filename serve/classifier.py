@@ -26,7 +26,7 @@ from cxr_model.gradcam import gradcam
 from cxr_model.onnx_runtime import PRECISIONS, OnnxClassifier, onnx_export_matches
 from cxr_model.preprocessing import levels_to_unit, normalize
 from cxr_model.quantize import recheck_rows
-from cxr_model.scope import FeatureGate, load_scope
+from cxr_model.scope import ScopeGates, load_scope
 from serve.metrics import ClassifierMetrics
 from serve.model_results import Explanation, InputSizeMismatch, ModelInfo, ModelOutput, OutOfScope
 
@@ -56,7 +56,7 @@ class ServedModel:
     engine: object  # Classifier or OnnxClassifier: predict_batch + card
     explainer: Classifier  # Grad-CAM needs autograd, so always the torch model
     runtime: str
-    gate: FeatureGate | None  # the out-of-scope feature gate, when the checkpoint has one
+    gate: ScopeGates | None  # the out-of-scope gate's fitted half, when the checkpoint has one
     info: ModelInfo
 
     @property
@@ -147,11 +147,11 @@ class BatchedClassifier:
         if served.gate is None:
             return probs, [None] * len(probs)
         # int8: images near the gate's threshold are answered from an fp32 run (cxr_model.quantize).
-        rows = recheck_rows(served.gate, features, getattr(classifier, "gate_recheck_band", 0.0))
+        rows = recheck_rows(served.gate.features, features, getattr(classifier, "gate_recheck_band", 0.0))
         if len(rows):
             probs[rows], features[rows] = classifier.predict_with_features(batch[torch.from_numpy(rows)], fp32=True)
             self.metrics.gate_rechecks.inc(len(rows))
-        return probs, served.gate.verdicts(features)
+        return probs, served.gate.verdicts(features, grays)
 
     async def predict(self, gray: np.ndarray) -> ModelOutput:
         """Grey levels [1, S, S] (``serve.inputs.model_levels``: uint8, or float32 in [0, 1]) -> the

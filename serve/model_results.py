@@ -52,7 +52,11 @@ class ModelInfo:
             calibration_temperature=card.calibration_temperature,
             low_confidence_below=card.low_confidence_below,
             code_version=card.code_version,
-            scope_gate={"version": scope.get("version"), "feature_gate": bool(scope.get("feature_gate"))},
+            scope_gate={
+                "version": scope.get("version"),
+                "feature_gate": bool(scope.get("feature_gate")),
+                "layout_gate": bool(scope.get("layout_gate")),
+            },
         )
 
     def to_dict(self) -> dict:

@@ -52,7 +52,7 @@ class TrainConfig:
     # Out-of-scope gate: target share of chest radiographs refused (sets the threshold on val),
     # and generated out-of-scope pictures per kind for measuring its misses.
     scope_false_rejection: float = 0.01
-    scope_ood_per_kind: int = 20
+    scope_ood_per_kind: int = 40
     model_name: str = ""
     model_version: str = ""
     synthetic_demo: bool = False

@@ -76,7 +76,7 @@ def test_cxr_model_card_writes_markdown_and_json(tmp_path):
 
 
 SCOPE = {
-    "version": "cxr-scope-1",
+    "version": "cxr-scope-2",
     "method": "Image checks ... Mahalanobis ...",
     "image_limits": {},
     "feature_gate": {
@@ -87,6 +87,15 @@ SCOPE = {
         "fitted_on": "train split, 174 images",
         "threshold_from": "val split, 50 images",
         "feature_dim": 2208,
+    },
+    "layout_gate": {
+        "file": "layout_gate.npz",
+        "sha256": "ab" * 32,
+        "threshold": 28.5,
+        "target_false_rejection": 0.01,
+        "fitted_on": "train split, 174 images",
+        "threshold_from": "val split, 50 images",
+        "feature_dim": 266,
     },
     "rates": {
         "chest_radiographs": {
@@ -103,6 +112,7 @@ SCOPE = {
                 "refused": 19,
                 "miss_rate": 0.05,
                 "refused_by": {"unlike_chest_radiographs": 19},
+                "source": "hands with finger rays",
             }
         },
         "out_of_scope_source": "generated pictures, 20 per kind",
@@ -117,5 +127,7 @@ def test_markdown_describes_the_out_of_scope_gate_and_its_measured_rates():
     assert "| chest radiographs, test split | 24 | 1 | false rejection 4.2% |" in section
     assert "| limb radiograph | 20 | 19 (unlike_chest_radiographs 19) | miss 5.0% |" in section
     assert "generated pictures" in section
+    assert "Layout gate: distance threshold 28.5 over 266 layout values" in section
+    assert "- limb radiograph: hands with finger rays" in section
     unfitted = render_model_card(make_card()).split("## Out-of-scope gate")[1]
     assert "no feature gate was fitted" in unfitted

@@ -45,7 +45,7 @@ def test_onnx_gives_the_gate_the_same_features_as_torch(exported):
 
     torch_classifier = load_checkpoint(exported, device="cpu")
     onnx_classifier = OnnxClassifier(exported, torch_classifier.card, threads=1)
-    _, gate = load_scope(exported, torch_classifier.card)
+    gate = load_scope(exported, torch_classifier.card)[1].features
     x = torch.randn(3, 3, 64, 64)
     torch_probs, torch_features = torch_classifier.predict_with_features(x)
     onnx_probs, onnx_features = onnx_classifier.predict_with_features(x)

@@ -132,8 +132,9 @@ def test_run_directory_holds_card_config_manifest_curves_and_report(trained_run)
 def test_the_out_of_scope_gate_is_fitted_measured_and_served_from_the_card(trained_run):
     from cxr_model.checkpoint import load_network
     from cxr_model.scope import load_scope
+    from training.ood_pictures import KINDS
     from training.scope import assess
-    from training.synthetic import OUT_OF_SCOPE_KINDS, render_out_of_scope
+    from training.synthetic import render_out_of_scope
 
     out, final, config = trained_run
     card = read_card(final)
@@ -142,10 +143,12 @@ def test_the_out_of_scope_gate_is_fitted_measured_and_served_from_the_card(train
     n_train = sum(e["split"] == "train" for e in manifest["entries"])
     assert gate_record["fitted_on"] == f"train split, {n_train} images"
     assert gate_record["target_false_rejection"] == config.scope_false_rejection
-    limits, gate = load_scope(final, card)  # verifies the file against the card's sha256
-    assert gate.threshold == gate_record["threshold"]
+    limits, gates = load_scope(final, card)  # verifies the files against the card's sha256
+    assert gates.features.threshold == gate_record["threshold"]
+    assert gates.layout.threshold == card.scope["layout_gate"]["threshold"]
+    assert card.scope["layout_gate"]["fitted_on"] == gate_record["fitted_on"]
     assert rates["chest_radiographs"]["test"]["n"] == card.metrics["test"]["n"]
-    assert set(rates["out_of_scope"]) == set(OUT_OF_SCOPE_KINDS)
+    assert set(rates["out_of_scope"]) == set(KINDS)
     for kind in ("colour_photo", "blank", "noise"):  # the image checks catch these every time
         assert rates["out_of_scope"][kind]["miss_rate"] == 0.0, rates["out_of_scope"][kind]
     # The recorded rates are reproducible from the checkpoint alone.
@@ -153,10 +156,10 @@ def test_the_out_of_scope_gate_is_fitted_measured_and_served_from_the_card(train
     from cxr_model.classifier import Classifier
 
     rng = np.random.default_rng(99)
-    verdicts, _ = assess(
+    verdicts, _, _ = assess(
         Classifier(model, card, device="cpu"),
         limits,
-        gate,
+        gates,
         [render_out_of_scope("limb_radiograph", rng) for _ in range(10)],
     )
     assert all(v.reason in (None, "unlike_chest_radiographs") for v in verdicts)
