@@ -176,7 +176,11 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, DicomHeader]:
     if values.ndim != 2 or not np.isfinite(values).all():
         raise DicomError("truncated", "the DICOM pixel data is not one finite greyscale frame")
     low, high = float(values.min()), float(values.max())
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    if header.photometric == "MONOCHROME1":  # stored inverted: high values are dark
-        scaled = 1.0 - scaled
+    inverted = header.photometric == "MONOCHROME1"  # stored inverted: high values are dark
+    if high > low:
+        # Inverted before dividing, on the stored values: high - v is then exactly its MONOCHROME2
+        # twin's v - low, so both decode bit for bit alike (1 - x can round the other way at a .5 tie).
+        scaled = ((high - values) if inverted else (values - low)) / (high - low)
+    else:
+        scaled = np.full_like(values, 1.0 if inverted else 0.0)
     return Image.fromarray((scaled * 65535.0).round().astype(np.uint16)), header

@@ -24,7 +24,7 @@ from cxr_model.dicom import decode as decode_dicom
 # stay importable from here, where serving and training have always found them.
 from cxr_model.formats import ImageDecodeError, sniff_format, trailing_bytes  # noqa: F401
 
-PREPROCESSING_VERSION = "cxr-pre-1"
+PREPROCESSING_VERSION = "cxr-pre-2"  # 2: MONOCHROME1 DICOM inverted before scaling (bit-exact with MONOCHROME2)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,6 +84,19 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("truncated", f"the image data is truncated or corrupt: {exc}") from exc
     if image.format == "JPEG":
         image = ImageOps.exif_transpose(image)  # phones and some scanners store rotation in EXIF
+    return image
+
+
+def open_export(data: bytes, max_pixels: int) -> Image.Image:
+    """``open_image`` for a file as a clinical system exported it: bytes after the end of the image
+    (a polyglot, or damage) are refused as ``trailing_data``. Serving and archive scoring use this."""
+    image = open_image(data, max_pixels)
+    extra = trailing_bytes(data)
+    if extra:
+        kind = sniff_format(data).upper()
+        raise ImageDecodeError(
+            "trailing_data", f"{extra} bytes follow the end of the {kind} image; upload the image exactly as exported"
+        )
     return image
 
 

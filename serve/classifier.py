@@ -20,17 +20,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from cxr_model.checkpoint import load_network
-from cxr_model.classifier import Classifier, low_confidence, positive_labels, resolve_device
+from cxr_model.classifier import low_confidence, positive_labels
+from cxr_model.engine import Engine, check_runtime, load_engine, stack_levels
 from cxr_model.gradcam import gradcam
-from cxr_model.onnx_runtime import PRECISIONS, OnnxClassifier, onnx_export_matches
-from cxr_model.preprocessing import levels_to_unit, normalize
-from cxr_model.quantize import recheck_rows
-from cxr_model.scope import ScopeGates, load_scope
 from serve.metrics import ClassifierMetrics
 from serve.model_results import Explanation, InputSizeMismatch, ModelInfo, ModelOutput, OutOfScope
-
-RUNTIMES = ("auto", "torch", "onnx")
 
 
 class ExpectedRefusals(logging.Filter):
@@ -42,21 +36,11 @@ class ExpectedRefusals(logging.Filter):
         return not isinstance(error, (OutOfScope, InputSizeMismatch))
 
 
-def stack_inputs(grays: list[np.ndarray], spec) -> torch.Tensor:
-    """Per-request grey levels [1, S, S] (from ``serve.inputs.model_levels``) -> normalised batch."""
-    # Per image: one batch may mix uint8 (8-bit sources) and float32 (16-bit) levels.
-    return normalize(torch.from_numpy(np.stack([levels_to_unit(g) for g in grays])), spec)
-
-
 @dataclass(frozen=True)
 class ServedModel:
     """Everything one model version needs, swapped in by a single assignment on a roll."""
 
-    checkpoint: str
-    engine: object  # Classifier or OnnxClassifier: predict_batch + card
-    explainer: Classifier  # Grad-CAM needs autograd, so always the torch model
-    runtime: str
-    gate: ScopeGates | None  # the out-of-scope gate's fitted half, when the checkpoint has one
+    engine: Engine  # checkpoint, runtime, gates: shared with archive scoring (cxr_model.engine)
     info: ModelInfo
 
     @property
@@ -87,12 +71,7 @@ class BatchedClassifier:
         compile: bool = False,
         precision: str = "fp32",
     ):
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
-        if precision not in PRECISIONS or (precision == "int8" and runtime == "torch"):
-            raise ValueError(
-                f"precision must be one of {PRECISIONS} (int8 only with the onnx runtime), not {precision!r}"
-            )
+        check_runtime(runtime, precision)
         self.device, self.runtime, self.compile, self.precision = device, runtime, compile, precision
         # Ray pins OMP threads to the replica's CPUs; torch and ONNX Runtime must agree or they oversubscribe.
         self.threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
@@ -103,31 +82,15 @@ class BatchedClassifier:
         self._mark_loaded(self.served.card)
 
     def _load(self, checkpoint: str) -> ServedModel:
-        model, card = load_network(checkpoint)
-        device = resolve_device(self.device)
-        runtime = self.runtime
-        if runtime == "auto":
-            # Measured on CPU: ONNX Runtime beats eager torch; on GPU torch (bf16, channels_last) wins.
-            exported = device.type == "cpu" and onnx_export_matches(checkpoint, card)
-            runtime = "onnx" if exported or self.precision == "int8" else "torch"
-        torch_classifier = Classifier(
-            model, card, device=str(device), channels_last=True, compile=self.compile and runtime == "torch"
-        )
-        # int8 refuses to start without its verified export (OnnxClassifier says `cxr export --int8`).
-        engine = (
-            OnnxClassifier(checkpoint, card, self.threads, self.precision) if runtime == "onnx" else torch_classifier
-        )
-        precision = self.precision if runtime == "onnx" else ("bf16" if device.type == "cuda" else "fp32")
-        _, gate = load_scope(checkpoint, card)
-        info = ModelInfo.from_card(card, runtime, precision)
-        return ServedModel(checkpoint, engine, torch_classifier, runtime, gate, info)
+        engine = load_engine(checkpoint, self.device, self.runtime, self.precision, self.threads, self.compile)
+        return ServedModel(engine, ModelInfo.from_card(engine.card, engine.runtime, engine.precision))
 
     def _mark_loaded(self, card, loaded: int = 1) -> None:
         self.metrics.model_loaded.set(loaded, tags={"model": card.name, "version": card.version})
 
     def reconfigure(self, user_config: dict) -> None:
         config = ClassifierConfig.model_validate(user_config)  # unknown keys are errors, not silently ignored
-        if config.checkpoint and config.checkpoint != self.served.checkpoint:
+        if config.checkpoint and config.checkpoint != self.served.engine.checkpoint:
             old = self.served.card
             # One assignment: a batch sees the old model or the new one, never half of each.
             self.served = self._load(config.checkpoint)
@@ -139,19 +102,6 @@ class BatchedClassifier:
 
     def model_card(self) -> dict:
         return self.served.card.to_dict()
-
-    def _forward(self, served: ServedModel, grays: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        classifier = served.engine
-        batch = stack_inputs(grays, classifier.card.preprocess_spec)
-        probs, features = classifier.predict_with_features(batch)
-        if served.gate is None:
-            return probs, [None] * len(probs)
-        # int8: images near the gate's threshold are answered from an fp32 run (cxr_model.quantize).
-        rows = recheck_rows(served.gate.features, features, getattr(classifier, "gate_recheck_band", 0.0))
-        if len(rows):
-            probs[rows], features[rows] = classifier.predict_with_features(batch[torch.from_numpy(rows)], fp32=True)
-            self.metrics.gate_rechecks.inc(len(rows))
-        return probs, served.gate.verdicts(features, grays)
 
     async def predict(self, gray: np.ndarray) -> ModelOutput:
         """Grey levels [1, S, S] (``serve.inputs.model_levels``: uint8, or float32 in [0, 1]) -> the
@@ -171,7 +121,9 @@ class BatchedClassifier:
             return results
         started = time.perf_counter()
         # Off the event loop, so requests keep queueing for the next batch meanwhile.
-        probs, verdicts = await asyncio.to_thread(self._forward, served, [grays[i] for i in good])
+        probs, verdicts, rechecked = await asyncio.to_thread(served.engine.forward, [grays[i] for i in good])
+        if rechecked:
+            self.metrics.gate_rechecks.inc(rechecked)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_sizes.observe(len(good))
         positives = positive_labels(probs, served.card)
@@ -191,16 +143,16 @@ class BatchedClassifier:
 
     async def explain(self, gray: np.ndarray, target: int | None = None) -> Explanation:
         """Grad-CAM heatmap for one image; its own call, so plain predictions never pay for it."""
-        classifier = self.served.explainer
+        classifier = self.served.engine.explainer
         size = classifier.card.preprocess_spec.input_size
         if tuple(gray.shape) != (1, size, size):
             raise InputSizeMismatch(size)
-        x = stack_inputs([gray], classifier.card.preprocess_spec)[0].to(classifier.device)
+        x = stack_levels([gray], classifier.card.preprocess_spec)[0].to(classifier.device)
         heatmap, index = await asyncio.to_thread(gradcam, classifier.model, x, target)
         return Explanation(heatmap, classifier.labels[index])
 
     def check_health(self) -> None:
-        if self.served is None or self.served.engine is None:
+        if self.served is None or self.served.engine.runner is None:
             raise RuntimeError("no model loaded")
         # Re-set every health check (10 s): Ray stops exporting a gauge that is never updated again.
         self._mark_loaded(self.served.card)

@@ -15,14 +15,7 @@ import numpy as np
 from PIL import Image
 
 from cxr_model.dicom import header_patient_id
-from cxr_model.preprocessing import (
-    ImageDecodeError,
-    PreprocessSpec,
-    open_image,
-    resize_levels,
-    sniff_format,
-    trailing_bytes,
-)
+from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_export, resize_levels, sniff_format
 from serve.errors import InputError, InvalidRequest
 
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -86,15 +79,7 @@ def validate_page(page: str | None, page_size: str | None = None, default_size: 
 def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
     """Bytes -> a fully decoded image; 4xx ``InputError`` for anything unusable."""
     try:
-        image = open_image(data, max_pixels)
-        extra = trailing_bytes(data)
-        if extra:  # a clinical export ends where its image ends; more is a polyglot or damage
-            kind = sniff_format(data).upper()
-            raise ImageDecodeError(
-                "trailing_data",
-                f"{extra} bytes follow the end of the {kind} image; upload the image exactly as exported",
-            )
-        return image
+        return open_export(data, max_pixels)
     except ImageDecodeError as exc:
         raise InputError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, str(exc), "image") from exc
 

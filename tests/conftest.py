@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import hypothesis
@@ -16,13 +15,13 @@ from PIL import Image
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-from cxr_model.checkpoint import ModelCard, save_checkpoint, sha256_file  # noqa: E402
+from cxr_model.checkpoint import ModelCard, save_checkpoint, sha256_file, write_card  # noqa: E402
 from cxr_model.classifier import Classifier  # noqa: E402
 from cxr_model.labels import COVID4  # noqa: E402
 from cxr_model.network import build_model  # noqa: E402
 from cxr_model.preprocessing import levels_to_unit, normalize, resize_levels  # noqa: E402
-from cxr_model.scope import GATE_FILE, fit_feature_gate  # noqa: E402
-from tests.helpers import IN_CI, make_card, skip_or_fail_in_ci  # noqa: E402
+from cxr_model.scope import GATE_FILE, LAYOUT_FILE, fit_feature_gate, fit_layout_gate  # noqa: E402
+from tests.helpers import IN_CI, MongoServer, free_port, make_card, skip_or_fail_in_ci  # noqa: E402
 from training.synthetic import make_demo_dataset, render_chest  # noqa: E402
 
 # Hypothesis: derandomised in CI (a failure there reproduces exactly); random locally, to keep finding new cases.
@@ -30,13 +29,7 @@ hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis.settings.load_profile("ci" if IN_CI else "default")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-METRICS_PORT = _free_port()
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
@@ -79,27 +72,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-checkpoint")
     card = save_checkpoint(model, make_card(), directory)
     add_feature_gate(model, card, directory)
+    add_layout_gate(card, directory)
     return directory
+
+
+def chest_levels(seeds, size: int) -> list[np.ndarray]:
+    """Model-size grey levels [1, S, S] of generated chest images."""
+    labels = sorted(COVID4)
+    return [
+        resize_levels(
+            Image.fromarray((render_chest(labels[seed % 4], np.random.default_rng(seed)) * 255).astype(np.uint8)), size
+        )[None]
+        for seed in seeds
+    ]
 
 
 def chest_image_features(classifier: Classifier, seeds) -> np.ndarray:
     spec = classifier.card.preprocess_spec
-    labels = sorted(COVID4)
     tensors = [
-        normalize(
-            torch.from_numpy(
-                levels_to_unit(
-                    resize_levels(
-                        Image.fromarray(
-                            (render_chest(labels[seed % 4], np.random.default_rng(seed)) * 255).astype(np.uint8)
-                        ),
-                        spec.input_size,
-                    )
-                )
-            )[None],
-            spec,
-        )
-        for seed in seeds
+        normalize(torch.from_numpy(levels_to_unit(levels)), spec) for levels in chest_levels(seeds, spec.input_size)
     ]
     return classifier.predict_with_features(torch.stack(tensors))[1]
 
@@ -131,6 +122,18 @@ def add_feature_gate(model, card: ModelCard, directory: Path, margin: float = 1.
         },
     }
     save_checkpoint(model, card, directory)
+
+
+def add_layout_gate(card: ModelCard, directory: Path, margin: float = 1.5) -> None:
+    """The layout gate fitted on the same generated chest images (seeds 5000+), with the same margin."""
+    size = card.preprocess_spec.input_size
+    validation = chest_levels(range(5100, 5140), size)
+    gate = fit_layout_gate(chest_levels(range(5000, 5080), size), validation, 0.01)
+    gate.threshold = margin * float(gate.level_distances(validation).max())
+    gate.save(directory / LAYOUT_FILE)
+    record = {"file": LAYOUT_FILE, "sha256": sha256_file(directory / LAYOUT_FILE), "threshold": gate.threshold}
+    card.scope = (card.scope or {}) | {"layout_gate": record | {"feature_dim": int(gate.mean.shape[0])}}
+    write_card(card, directory)
 
 
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real-sample"
@@ -168,3 +171,45 @@ def real_trained_run(ray_cluster, real_sample, tmp_path_factory) -> Path:
     )
     run_training(config)
     return out
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory):
+    server = MongoServer(tmp_path_factory.mktemp("secantus") / "db")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_gated_checkpoint(tiny_checkpoint, real_sample, tmp_path_factory) -> Path:
+    """The tiny random-init model with both gates fitted on real radiographs (every 5th file of the
+    sample: the even ones fit, the odd ones set the threshold, 10% above their largest distance): it
+    accepts real images, so pages and API can be driven with them without training, and still
+    refuses a real photograph. Its labels mean nothing; what it shows is how real pictures render."""
+    import shutil
+
+    from cxr_model.checkpoint import load_network
+    from cxr_model.preprocessing import open_image
+
+    directory = tmp_path_factory.mktemp("real-gated") / "checkpoint"
+    shutil.copytree(tiny_checkpoint, directory)
+    model, card = load_network(directory)
+    size = card.preprocess_spec.input_size
+    files = sorted(real_sample.glob("*/images/*.png"))[::5]
+    levels = [resize_levels(open_image(p.read_bytes(), 10**8), size)[None] for p in files]
+    classifier = Classifier(model, card, device="cpu")
+    features = classifier.predict_with_features(
+        torch.stack([normalize(torch.from_numpy(levels_to_unit(g)), card.preprocess_spec) for g in levels])
+    )[1]
+    gates = {
+        GATE_FILE: (fit_feature_gate(features[::2], features[1::2]), features[1::2], "distances"),
+        LAYOUT_FILE: (fit_layout_gate(levels[::2], levels[1::2]), levels[1::2], "level_distances"),
+    }
+    card.version = "0.0.1-real-gates"
+    for (file, (gate, validation, measure)), key in zip(gates.items(), ("feature_gate", "layout_gate")):
+        gate.threshold = 1.1 * float(getattr(gate, measure)(validation).max())
+        gate.save(directory / file)
+        card.scope[key] |= {"file": file, "sha256": sha256_file(directory / file), "threshold": gate.threshold}
+    write_card(card, directory)
+    return directory

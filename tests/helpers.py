@@ -1,13 +1,20 @@
-"""Helpers shared by tests across packages: generated images, DICOM files and model cards."""
+"""Helpers shared by tests across packages: generated images, DICOM files, model cards, a real database."""
 
 from __future__ import annotations
 
 import io
 import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from cxr_model.checkpoint import ModelCard
 from cxr_model.labels import COVID4, MULTICLASS
@@ -125,3 +132,62 @@ def j2k_codestream(pixels: np.ndarray, claimed: tuple[int, int] | None = None) -
         at = stream.find(b"\xff\x4f\xff\x51")
         stream[at + 8 : at + 16] = struct.pack(">II", *claimed)
     return bytes(stream)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MongoServer:
+    """secantusd-py as its own process; stop/start simulate an outage on the same port and data."""
+
+    def __init__(self, storage: Path):
+        self.storage = storage
+        self.port = free_port()
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        self.process = None
+
+    def start(self) -> None:
+        command = str(Path(sys.executable).with_name("secantusd-py"))
+        self.process = subprocess.Popen(
+            [
+                command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.storage),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                MongoClient(self.uri, serverSelectionTimeoutMS=300).admin.command("ping")
+                return
+            except PyMongoError:
+                time.sleep(0.2)
+        raise RuntimeError("secantusd-py did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+# What `cxr evaluate` (and training's test-split evaluation) writes.
+REPORT_FILES = (
+    "report.json",
+    "report.md",
+    "per_class.csv",
+    "predictions.csv",
+    "confusion_matrix.png",
+    "roc.png",
+    "reliability.png",
+)

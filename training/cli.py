@@ -134,11 +134,27 @@ def _evaluate(args) -> int:
 
 
 def register_demo(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="generate synthetic data and train the demo model")
-    parser.add_argument(
-        "--output-dir", default="runs/demo", help="where the synthetic data and the run go (default: %(default)s)"
+    parser = subparsers.add_parser(
+        "demo", help="train the demo model: on generated pictures, or on your own data set with --data"
     )
-    parser.add_argument("--per-class", type=int, default=60, help="synthetic images per class (default: %(default)s)")
+    parser.add_argument(
+        "--output-dir", default="runs/demo", help="where the generated data and the run go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data",
+        help="a labelled data set (Kaggle, Roboflow, CSV or class folders) to train the demo model on instead of "
+        "generated pictures; the model is then not labelled synthetic (default: none, generated pictures)",
+    )
+    parser.add_argument(
+        "--max-per-label",
+        type=int,
+        default=300,
+        help="with --data: at most this many images per label, so that the demo trains in minutes on a CPU; "
+        "0 = all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=60, help="generated images per class, without --data (default: %(default)s)"
+    )
     parser.add_argument(
         "--config", default=str(DEMO_CONFIG), help="TrainConfig YAML for the demo run (default: %(default)s)"
     )
@@ -148,15 +164,22 @@ def register_demo(subparsers) -> None:
 def _demo(args) -> int:
     from training.config import load_config
     from training.pipeline import run_training
-    from training.synthetic import make_demo_dataset
 
     out = Path(args.output_dir)
-    data = out / "data"
-    if not data.is_dir():
-        counts = make_demo_dataset(data, args.per_class, seed=0, duplicates=2)
-        print(f"generated {sum(counts.values())} synthetic images in {data}")
     config = load_config(args.config)
-    config.data_dir, config.output_dir = str(data), str(out / "run")
+    if args.data:
+        # Real data: the same recipe, but nothing about the model is synthetic any more.
+        config.data_dir, config.synthetic_demo = str(Path(args.data).resolve()), False
+        config.model_name = config.model_name.replace("-synthetic-demo", "-demo")
+        config.max_per_label = args.max_per_label
+    else:
+        from training.synthetic import make_demo_dataset
+
+        config.data_dir = str(out / "data")
+        if not (out / "data").is_dir():
+            counts = make_demo_dataset(out / "data", args.per_class, seed=0, duplicates=2)
+            print(f"generated {sum(counts.values())} synthetic images in {out / 'data'}")
+    config.output_dir = str(out / "run")
     final = run_training(config.validate())
     from cxr_model.onnx_runtime import export_onnx
 

@@ -32,6 +32,8 @@ class TrainConfig:
     image_size: int = 224
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    # A quick run on a big data set: at most this many images per label (0 = all), drawn with split_seed.
+    max_per_label: int = 0
     seed: int = 0
     workers: int = 1
     gpu: bool = False
@@ -75,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"loss must be ce or focal, not {self.loss!r}")
         if self.workers < 1 or self.batch_size < 1 or self.image_size < 32 or self.cpus_per_worker < 0:
             raise ValueError("workers and batch_size must be >= 1, image_size >= 32, cpus_per_worker >= 0")
+        if self.max_per_label < 0:
+            raise ValueError("max_per_label must be >= 0 (0 = every image)")
         if not 0 < self.scope_false_rejection < 0.5 or self.scope_ood_per_kind < 1:
             raise ValueError("scope_false_rejection must be in (0, 0.5) and scope_ood_per_kind >= 1")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
@@ -154,6 +158,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     flag("--loss", choices=("ce", "focal"), help=f"cross-entropy (BCE for multi-label) or focal {_keeps('loss')}")
     flag("--seed", type=int, help=f"training seed: init, order, augmentation {_keeps('seed')}")
     flag("--split-seed", dest="split_seed", type=int, help=f"seed of the train/val/test split {_keeps('split_seed')}")
+    flag(
+        "--max-per-label",
+        dest="max_per_label",
+        type=int,
+        help=f"at most this many images per label, drawn with the split seed; 0 = all {_keeps('max_per_label')}",
+    )
     flag(
         "--augment",
         action=argparse.BooleanOptionalAction,

@@ -303,16 +303,33 @@ def record_epoch(
     return row, improved
 
 
+def progress_bar(done: int, total: int, width: int = 16) -> str:
+    filled = round(width * done / max(total, 1))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
 def _log_epoch(run: StageRun, row: dict, improved: bool) -> None:
     if run.rank != 0:
         return
     auc = "n/a" if row["val_macro_roc_auc"] is None else f"{row['val_macro_roc_auc']:.3f}"
+    epochs = run.stage_cfg.epochs
     log.info(
-        f"[{run.stage}] epoch {row['epoch']}/{run.stage_cfg.epochs} train_loss {row['train_loss']:.4f} "
-        f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f} "
+        f"[{run.stage}] {progress_bar(row['epoch'], epochs)} epoch {row['epoch']}/{epochs} "
+        f"train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f} "
         f"val_macro_f1 {row['val_macro_f1']:.3f} val_auc {auc} {row['train_images_per_s']:.1f} img/s"
         f"{' *best*' if improved else ''}"
     )
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs two INFO lines per epoch on every worker ("Reporting training result ...",
+    "Checkpoint successfully created at ..."), full of object reprs, which bury the epoch lines above.
+    Warnings and errors still show."""
+    from ray.train.v2._internal.execution import context, storage
+
+    # context.py names its logger after its file path, so it is not under the "ray.train" hierarchy.
+    for name in (context.__file__, storage.__name__, "ray.train._internal.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def report_epoch(run: StageRun, row: dict, val: dict) -> None:
@@ -336,6 +353,7 @@ def report_epoch(run: StageRun, row: dict, val: dict) -> None:
 
 def train_stage_loop(loop_config: dict) -> None:
     """Ray Train's per-worker entry point: train one stage, resuming where an interruption left it."""
+    quiet_ray_train_reports()
     run = setup_stage(loop_config)
     for epoch in range(run.state["epoch"], run.stage_cfg.epochs):
         train_loss, images_per_s = train_one_epoch(run, epoch)

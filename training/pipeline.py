@@ -41,7 +41,7 @@ from training.loop import TRAIN_STATE_FILE, train_stage_loop
 from training.metrics import classification_metrics, fit_temperature, tune_thresholds
 from training.plots import plot_training_curves
 from training.scope import fit_and_measure
-from training.splits import build_manifest, load_manifest, save_manifest, split_entries
+from training.splits import build_manifest, cap_per_label, load_manifest, save_manifest, split_entries
 
 STAGES = ("stage1", "stage2")
 
@@ -50,7 +50,7 @@ def prepare_data(cfg: TrainConfig, out: Path) -> dict:
     path = out / "split_manifest.json"
     if path.is_file():
         return load_manifest(path)
-    dataset = scan_dataset(cfg.data_dir, cfg.layout)
+    dataset = cap_per_label(scan_dataset(cfg.data_dir, cfg.layout), cfg.max_per_label, cfg.split_seed)
     manifest = build_manifest(dataset, tuple(cfg.split_fractions), cfg.split_seed)
     save_manifest(manifest, path)
     return manifest

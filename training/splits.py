@@ -9,6 +9,7 @@ only on the files' contents, labels and the seed, not on listing order or paths.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -62,6 +63,22 @@ def _fixed_splits(samples: list[Sample]) -> dict[str, str]:
     for sample in sorted(samples, key=lambda s: SPLITS.index(s.split)):
         assignment.setdefault(sample.sha256, sample.split)
     return assignment
+
+
+def cap_per_label(dataset: ScannedDataset, limit: int, seed: int = 0) -> ScannedDataset:
+    """At most ``limit`` images per label (per split where the layout fixes splits), drawn at random
+    with ``seed``: a quick run on a big data set. 0 keeps every image."""
+    if limit <= 0:
+        return dataset
+    groups = defaultdict(list)
+    for sample in dataset.samples:  # multi-label images count under their first label
+        groups[(sample.split or "", sample.labels[0] if sample.labels else "")].append(sample)
+    rng, kept = random.Random(seed), []
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda s: s.path)
+        rng.shuffle(members)
+        kept += members[:limit]
+    return dataclasses.replace(dataset, samples=sorted(kept, key=lambda s: s.path))
 
 
 def build_manifest(dataset: ScannedDataset, fractions=(0.7, 0.2, 0.1), seed: int = 0) -> dict:

@@ -47,7 +47,7 @@ def test_model_card_records_what_an_auditor_needs(tmp_checkpoint_card):
         assert key in stored
     assert stored["weights_sha256"] == sha256_file(directory / "weights.pt")
     assert stored["preprocessing"]["input_size"] == 64
-    assert stored["preprocessing"]["version"] == "cxr-pre-1"
+    assert stored["preprocessing"]["version"] == "cxr-pre-2"
     assert stored["code_version"].startswith("0.1.0")
     assert stored["data_manifest_sha256"] == "ab" * 32 and stored["split_seed"] == 7
 

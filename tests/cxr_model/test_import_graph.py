@@ -2,7 +2,8 @@
 
 Every ``import`` counts, including those inside functions: a function-level import hides a cycle
 from the interpreter at start-up, not from the design. Layers, lowest first: ``cxr_model`` (no Ray,
-no web framework), ``training`` (Ray Train, never the service), ``serve`` and ``ui``.
+no web framework), ``training`` (Ray Train, never the service), ``serve`` and ``ui``, and ``scoring``
+(Ray Data; writes records through ``serve.records``, never the web layer).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cxr_model", "training", "serve", "ui")
+PACKAGES = ("cxr_model", "training", "serve", "ui", "scoring")
 
 
 def _module_name(path: Path) -> str:
@@ -139,6 +140,16 @@ def test_training_does_not_import_the_service(graph):
     internal, external = graph
     assert _offending(_in("training", internal), ("serve", "ui")) == {}
     assert _offending(_in("training", external), ("starlette", "fastapi")) == {}
+
+
+def test_scoring_uses_the_model_and_records_but_not_the_web_layer(graph):
+    internal, external = graph
+    web = ("serve.app", "serve.ingress", "serve.api", "serve.pages", "serve.routes", "serve.classifier", "ui")
+    assert _offending(_in("scoring", internal), web) == {}
+    assert _offending(_in("scoring", external), ("starlette", "fastapi")) == {}
+    # Nothing below it imports it: archive scoring is a leaf.
+    others = {m: t for m, t in internal.items() if not m.startswith("scoring")}
+    assert _offending(others, ("scoring",)) == {}
 
 
 def test_ui_imports_neither_serve_nor_ray(graph):

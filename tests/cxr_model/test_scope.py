@@ -164,7 +164,8 @@ def test_load_scope_verifies_the_gate_file_against_the_card(tiny_checkpoint, tmp
     shutil.copytree(tiny_checkpoint, directory)
     card = read_card(directory)
     limits, gates = load_scope(directory, card)
-    assert gates.features.threshold == card.scope["feature_gate"]["threshold"] and gates.layout is None
+    assert gates.features.threshold == card.scope["feature_gate"]["threshold"]
+    assert gates.layout.threshold == card.scope["layout_gate"]["threshold"]
     assert limits == ImageLimits()
 
     data = dict(np.load(directory / GATE_FILE))

@@ -275,3 +275,30 @@ def test_overlays_have_a_readme_with_purpose_usage_and_warnings():
         text = (K8S / "overlays" / name / "README.md").read_text()
         for heading in ("**Purpose.**", "**Use.**", "**Do not.**"):
             assert heading in text, f"{name}: {heading}"
+
+
+def test_the_archive_scoring_job_validates_and_runs_cxr_score_as_placed():
+    from scoring.cli import get_args_parser
+
+    (job,) = [d for d in yaml.safe_load_all((K8S / "jobs" / "rayjob-score.yaml").read_text()) if d]
+    errors = sorted(validator("RayJob").iter_errors(job), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["rayClusterSpec"]["rayVersion"] == ray.__version__
+    command = shlex.split(spec["entrypoint"])
+    assert command[:2] == ["cxr", "score"]
+    args = get_args_parser().parse_args(command[2:])
+    assert all(p.startswith("/mnt/cxr/") for p in (args.input, args.checkpoint, args.output))
+    # Every actor fits a GPU worker: one GPU each, and its CPUs within the pod's.
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    (container,) = group["template"]["spec"]["containers"]
+    assert args.gpu and args.actors <= group["maxReplicas"] * int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert args.cpus_per_actor <= float(container["resources"]["limits"]["cpu"])
+    for pod in containers(job):
+        assert "/mnt/cxr" in {m["mountPath"] for m in pod.get("volumeMounts", [])}
+        env = {e["name"]: e for e in pod.get("env", [])}
+        assert env["CXR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "cxr-mongodb", "key": "uri"}
+    # The same image as serving, and never applied by accident with the serving kustomization.
+    (service,) = [d for d in yaml.safe_load_all((K8S / "base" / "rayservice.yaml").read_text()) if d]
+    assert {c["image"] for c in containers(job)} == {c["image"] for c in containers(service)}
+    assert not any("jobs" in p.read_text() for p in K8S.rglob("kustomization.yaml"))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,60 +10,13 @@ import httpx
 import pytest
 import yaml
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from serve.api_keys import ApiKeys
 from serve.records import PredictionRecords
+from tests.helpers import free_port
 from tests.serve.helpers import client
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MongoServer:
-    """secantusd-py as its own process; stop/start simulate an outage on the same port and data."""
-
-    def __init__(self, storage: Path):
-        self.storage = storage
-        self.port = free_port()
-        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-        self.process = None
-
-    def start(self) -> None:
-        command = str(Path(sys.executable).with_name("secantusd-py"))
-        self.process = subprocess.Popen(
-            [
-                command,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--storage-path",
-                str(self.storage),
-                "--log-level",
-                "WARNING",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                MongoClient(self.uri, serverSelectionTimeoutMS=300).admin.command("ping")
-                return
-            except PyMongoError:
-                time.sleep(0.2)
-        raise RuntimeError("secantusd-py did not start")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
 
 
 PSEUDONYM_KEY = "test-pseudonym-key"
@@ -74,14 +24,6 @@ KEY_CACHE_S = 2  # short, so that the revocation tests wait out the window inste
 # Refused credentials per client address: above what the suite's own 401 tests and schemathesis's
 # invalid-credential probes send from 127.0.0.1 in a minute, in any order.
 FAILED_AUTH_PER_MINUTE = 600
-
-
-@pytest.fixture(scope="session")
-def mongo_server(tmp_path_factory):
-    server = MongoServer(tmp_path_factory.mktemp("secantus") / "db")
-    server.start()
-    yield server
-    server.stop()
 
 
 def deploy_config(checkpoint: Path, port: int, env: dict, user_config: dict | None = None) -> dict:

@@ -26,7 +26,7 @@ def test_round_trip_predict_save_fetch_record_and_images(service, db):
     assert body["top_label"] == max(body["probabilities"], key=body["probabilities"].get)
     assert body["confidence"] == body["probabilities"][body["top_label"]]
     assert body["saved"] is True and body["prediction_id"]
-    assert body["model"]["weights_sha256"] and body["model"]["preprocessing_version"] == "cxr-pre-1"
+    assert body["model"]["weights_sha256"] and body["model"]["preprocessing_version"] == "cxr-pre-2"
     assert set(body["timings_ms"]) == {"decode", "inference", "total"}
 
     record = service.http.get(f"/api/v1/predictions/{body['prediction_id']}").json()

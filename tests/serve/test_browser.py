@@ -210,3 +210,73 @@ def test_errors_show_next_to_their_field_and_the_chosen_file_survives(browser, s
         assert not [e for e in s.errors if not e.startswith(("Failed to load resource", "Response Status Error Code"))]
     finally:
         s.close()
+
+
+def _rolled(service, checkpoint: Path, version: str) -> None:
+    service.redeploy({"checkpoint": str(checkpoint), "batch_wait_timeout_s": 0.2})
+    deadline = time.monotonic() + 60
+    while service.http.get("/api/v1/model").json()["version"] != version and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _png(image) -> dict:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"name": "radiograph.png", "mimeType": "image/png", "buffer": buffer.getvalue()}
+
+
+def _upload(s: Session, patient: str, picture: dict, gradcam: bool = True) -> None:
+    s.page.goto("/")
+    s.page.get_by_label("Patient ID").fill(patient)
+    s.page.get_by_label("Chest X-ray image").set_input_files(picture)
+    if gradcam:
+        s.page.get_by_label("Grad-CAM overlay").check()
+    s.page.get_by_role("button", name="Predict").click()
+
+
+def test_real_radiographs_through_the_pages(browser, service, real_gated_checkpoint, real_sample, tmp_path):
+    """Real X-rays at their own 299 px and at a detector's 3000 px, a real photograph, and the synthetic
+    demo model's refusal: screenshots of each go to test-artifacts/screenshots/real-*.png."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+    from skimage.data import camera
+
+    from cxr_model.checkpoint import read_card, write_card
+
+    fitted = sorted(real_sample.glob("*/images/*.png"))[::10]  # radiographs the gates were fitted on
+    small = Image.open(fitted[3])
+    large = Image.open(fitted[60]).convert("L").resize((3000, 3000), Image.Resampling.BICUBIC)
+    demo = tmp_path / "demo"
+    shutil.copytree(service.checkpoint, demo)
+    card = read_card(demo)
+    card.synthetic_demo, card.version = True, "0.0.1-demo"
+    write_card(card, demo)
+    s = Session(browser, service.base_url, "real", api_key=service.api_key)
+    try:
+        _rolled(service, real_gated_checkpoint, "0.0.1-real-gates")
+        for name, picture in (("299px", small), ("3000px", large)):
+            _upload(s, f"P-REAL-{name}", _png(picture))
+            s.page.locator("#result article.result").wait_for()
+            assert s.page.locator(".top-label").inner_text() in LABELS
+            assert s.image_loaded("#result .view-annotated-image img")
+            s.shot(f"result-{name}")
+            s.page.locator(".view-switch label[for=view-gradcam]").click()
+            assert s.image_loaded("#result .view-gradcam-image img")
+            s.shot(f"gradcam-{name}")
+        _upload(s, "P-REAL-PHOTO", _png(Image.fromarray(np.asarray(camera()))), gradcam=False)
+        s.page.locator(".field:has(#image) .field-error").filter(has_text="does not look like").wait_for()
+        assert s.page.locator("#result article.result").count() == 0
+        s.shot("refused-photograph")
+        _rolled(service, demo, "0.0.1-demo")
+        _upload(s, "P-REAL-DEMO", _png(small), gradcam=False)
+        s.page.locator("#image-error").filter(has_text="trained only on generated pictures").wait_for()
+        assert "CXR_CHECKPOINT" in s.page.locator("#image-error").inner_text()
+        s.shot("refused-by-the-synthetic-demo")
+        assert not [e for e in s.errors if not e.startswith(("Failed to load resource", "Response Status Error Code"))]
+    finally:
+        s.close()
+        _rolled(service, service.checkpoint, read_card(service.checkpoint).version)

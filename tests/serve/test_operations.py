@@ -15,7 +15,7 @@ import torch
 from cxr_model.checkpoint import load_network, save_checkpoint
 from cxr_model.network import build_model
 from cxr_model.onnx_runtime import export_onnx
-from cxr_model.scope import GATE_FILE
+from cxr_model.scope import GATE_FILE, LAYOUT_FILE
 from tests.helpers import make_card
 from tests.serve.helpers import chest_png
 
@@ -92,7 +92,8 @@ def test_model_roll_via_user_config_drops_no_requests(service, tmp_path):
     rolled = tmp_path / "rolled"
     save_checkpoint(model, card, rolled)
     # The out-of-scope gate travels with the checkpoint (its card names the file and its sha256).
-    shutil.copy(Path(service.checkpoint) / GATE_FILE, rolled / GATE_FILE)
+    for gate in (GATE_FILE, LAYOUT_FILE):
+        shutil.copy(Path(service.checkpoint) / gate, rolled / gate)
     export_onnx(rolled)  # with a verified export, runtime "auto" serves it with ONNX Runtime on CPU
 
     results, stop = [], threading.Event()

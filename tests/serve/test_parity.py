@@ -20,7 +20,7 @@ from cxr_model.checkpoint import load_network, save_checkpoint
 from cxr_model.classifier import Classifier
 from cxr_model.onnx_runtime import TOLERANCE, export_onnx
 from cxr_model.preprocessing import preprocess
-from cxr_model.scope import GATE_FILE
+from cxr_model.scope import GATE_FILE, LAYOUT_FILE
 from tests.serve.helpers import chest_png
 
 TEMPERATURE = 1.7
@@ -32,7 +32,8 @@ def calibrated_copy(source: Path, target: Path, version: str, onnx: bool) -> Pat
         model.head.bias.copy_(torch.tensor([2.0, -1.0, 0.5, 0.0]))
     card.version, card.created_at, card.calibration_temperature = version, "", TEMPERATURE
     save_checkpoint(model, card, target)
-    shutil.copy(source / GATE_FILE, target / GATE_FILE)  # the card names the gate file and its hash
+    for gate in (GATE_FILE, LAYOUT_FILE):  # the card names the gate files and their hashes
+        shutil.copy(source / gate, target / gate)
     if onnx:
         export_onnx(target)  # a verified export: runtime "auto" then serves it with ONNX Runtime
     return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cxr_model.checkpoint import read_card
+from cxr_model.checkpoint import read_card, write_card
 from cxr_model.scope import REASONS
 from tests.serve.helpers import chest_png, post_prediction, stored_counts
 from training.synthetic import render_out_of_scope
@@ -40,11 +41,11 @@ def test_out_of_scope_pictures_get_a_reason_and_no_label(service, db, kind, reas
     assert error["code"] == "out_of_scope" and error["reason"] == reason and error["field"] == "image"
     assert error["message"] == REASONS[reason]
     assert not {"probabilities", "top_label", "confidence"} & set(response.json())
-    if reason == "unlike_chest_radiographs":  # passed the image checks; refused by the feature gate
-        assert error["measures"]["feature_distance"] > error["measures"]["feature_threshold"]
-        assert (
-            error["measures"]["feature_threshold"] == read_card(service.checkpoint).scope["feature_gate"]["threshold"]
-        )
+    if reason == "unlike_chest_radiographs":  # passed the image checks; refused by a fitted gate
+        measures, scope = error["measures"], read_card(service.checkpoint).scope
+        assert any(measures[f"{gate}_distance"] > measures[f"{gate}_threshold"] for gate in ("feature", "layout"))
+        assert measures["feature_threshold"] == scope["feature_gate"]["threshold"]
+        assert measures["layout_threshold"] == scope["layout_gate"]["threshold"]
     assert stored_counts(db) == before
 
 
@@ -52,7 +53,8 @@ def test_chest_radiographs_still_get_labels_and_the_model_names_its_gate(service
     for seed in (900, 901, 902):
         response = service.predict(chest_png(seed), patient_id="P-SCOPE-2")
         assert response.status_code == 200, response.text
-        assert response.json()["model"]["scope_gate"]["feature_gate"] is True
+        gates = response.json()["model"]["scope_gate"]
+        assert gates["feature_gate"] is True and gates["layout_gate"] is True
 
 
 def test_jpeg_photo_is_judged_by_content_not_format(service):
@@ -105,3 +107,31 @@ def test_a_refusal_by_the_feature_gate_is_not_logged_as_a_failure(service):
     time.sleep(2)  # let the replica's log file catch up
     classifier_logs = "".join(p.read_text(errors="replace") for p in logs.rglob("replica_cxr_BatchedClassifier_*"))
     assert "OutOfScope" not in classifier_logs and "InputSizeMismatch" not in classifier_logs
+
+
+def test_a_synthetic_demo_model_says_why_it_refuses_a_real_radiograph(service, db, real_sample, tmp_path):
+    """The demo model's gates know only generated pictures: its refusal must blame the model, not the image."""
+    demo = tmp_path / "demo"
+    shutil.copytree(service.checkpoint, demo)
+    card = read_card(demo)
+    card.synthetic_demo, card.version = True, "0.0.1-demo"
+    write_card(card, demo)
+    real = next((real_sample / "Normal" / "images").glob("*.png")).read_bytes()
+    before = stored_counts(db)
+    service.redeploy({"checkpoint": str(demo), "batch_wait_timeout_s": 0.2})
+    try:
+        deadline = time.monotonic() + 60
+        while service.http.get("/api/v1/model").json()["version"] != "0.0.1-demo" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        response = service.predict(real, patient_id="P-DEMO-1", save="1")
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "out_of_scope" and error["reason"] == "unlike_synthetic_demo_images"
+        for words in ("trained only on generated pictures", "CXR_CHECKPOINT", "CXR_DEMO_DATA"):
+            assert words in error["message"]
+        page = post_prediction(service, real, htmx=False, save="1")
+        assert page.status_code == 422 and "trained only on generated pictures" in page.text
+        assert "CXR_CHECKPOINT" in page.text and "<meter" not in page.text
+    finally:
+        service.redeploy({"checkpoint": str(service.checkpoint), "batch_wait_timeout_s": 0.2})
+    assert stored_counts(db) == before

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cxr_model.engine import stack_levels
 from cxr_model.labels import COVID4, LabelSet
 from cxr_model.preprocessing import PreprocessSpec, preprocess
-from serve.classifier import stack_inputs
 from serve.inputs import decode_upload, model_levels
 from training.dataset import ManifestDataset
 from training.layouts import scan_dataset
@@ -30,7 +30,7 @@ def test_every_path_produces_the_same_model_input(demo_data):
         # Serving: Ingress decodes and resizes, BatchedClassifier stacks and normalises.
         levels = model_levels(decode_upload(data, SPEC.max_pixels), SPEC)
         assert levels.dtype == np.uint8  # 8-bit sources cross to the classifier as bytes
-        served = stack_inputs([levels], SPEC)[0]
+        served = stack_levels([levels], SPEC)[0]
         assert torch.equal(served, reference)
 
 
@@ -45,6 +45,6 @@ def test_a_served_batch_mixing_8_and_16_bit_images_matches_preprocess(tmp_path):
         files.append(buffer.getvalue())
     levels = [model_levels(decode_upload(data, SPEC.max_pixels), SPEC) for data in files]
     assert [lv.dtype for lv in levels] == [np.uint8, np.float32]
-    batch = stack_inputs(levels, SPEC)
+    batch = stack_levels(levels, SPEC)
     for served, data in zip(batch, files):
         assert torch.equal(served, preprocess(data, SPEC))

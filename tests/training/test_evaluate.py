@@ -9,17 +9,7 @@ import torch
 from cxr_model.checkpoint import save_checkpoint
 from cxr_model.cli import main as cxr
 from cxr_model.network import build_model
-from tests.helpers import make_card, png_bytes
-
-FILES = (
-    "report.json",
-    "report.md",
-    "per_class.csv",
-    "predictions.csv",
-    "confusion_matrix.png",
-    "roc.png",
-    "reliability.png",
-)
+from tests.helpers import REPORT_FILES, make_card, png_bytes
 
 
 @pytest.fixture
@@ -42,9 +32,9 @@ def test_cxr_evaluate_on_a_folder_matches_the_hand_computed_case(constant_checkp
             (data / folder / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (80, 80), dtype=np.uint8)))
     out = tmp_path / "report"
     assert cxr(["evaluate", "--checkpoint", str(constant_checkpoint), "--data-dir", str(data), "--out", str(out)]) == 0
-    for name in FILES:
+    for name in REPORT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    for name in FILES[-3:]:
+    for name in REPORT_FILES[-3:]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     report = json.loads((out / "report.json").read_text())

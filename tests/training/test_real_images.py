@@ -14,6 +14,7 @@ from cxr_model.cli import main as cxr
 from cxr_model.onnx_runtime import INT8_FILE, OnnxClassifier
 from cxr_model.quantize import recheck_rows
 from cxr_model.scope import load_scope
+from tests.helpers import REPORT_FILES
 from training.export import split_inputs
 
 # Four balanced classes: chance is 0.25. On the ~100-image test split, P(accuracy >= 0.6 | p = 0.25)
@@ -131,3 +132,55 @@ def test_int8_export_refuses_a_manifest_the_checkpoint_was_not_trained_on(checkp
     with pytest.raises(SystemExit, match="not the split this checkpoint was trained on"):
         cxr(["export", str(directory), "--int8", "--manifest", str(manifest)])
     assert not (directory / INT8_FILE).exists()
+
+
+def test_cxr_evaluate_on_a_real_folder_writes_every_report_with_sane_values(real_trained_run, real_sample, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    out = tmp_path / "evaluation"
+    checkpoint = real_trained_run / "checkpoint"
+    assert cxr(["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(real_sample), "--out", str(out)]) == 0
+    for name in REPORT_FILES:
+        assert (out / name).stat().st_size > 100, name
+        if name.endswith(".png"):
+            with Image.open(out / name) as plot:
+                assert min(plot.size) >= 200, name
+    report = json.loads((out / "report.json").read_text())
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    labels = read_card(checkpoint).labels
+    assert report["n"] == len(rows) == 1000 and report["labels"] == labels
+    assert report["accuracy"] == pytest.approx(np.mean([r["true"] == r["predicted"] for r in rows]))
+    assert LEARNED_ACCURACY <= report["accuracy"] <= 1 and 0.5 < report["macro_roc_auc"] <= 1
+    assert report["accuracy_ci95"][0] <= report["accuracy"] <= report["accuracy_ci95"][1]
+    assert 0 <= report["ece"] <= 1 and 0 <= report["low_confidence_rate"] <= 1
+    assert np.asarray(report["confusion_matrix"]).sum() == 1000
+    probabilities = np.array([[float(r[f"p_{label}"]) for label in labels] for r in rows])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    per_class = list(csv.DictReader((out / "per_class.csv").open()))
+    assert [r["label"] for r in per_class] == labels and sum(int(r["support"]) for r in per_class) == 1000
+    assert "accuracy" in (out / "report.md").read_text()
+
+
+def test_gradcam_on_real_radiographs_is_not_degenerate(real_trained_run, real_sample):
+    from cxr_model.checkpoint import load_network
+    from cxr_model.gradcam import gradcam
+    from cxr_model.preprocessing import preprocess
+
+    model, card = load_network(real_trained_run / "checkpoint")
+    entries = json.loads((real_trained_run / "split_manifest.json").read_text())["entries"]
+    test = [e for e in entries if e["split"] == "test"][::12][:8]
+    maps = []
+    for entry in test:
+        x = preprocess((real_sample / entry["path"]).read_bytes(), card.preprocess_spec)
+        heatmap, index = gradcam(model, x)
+        assert heatmap.shape == x.shape[-2:] and np.isfinite(heatmap).all()
+        assert heatmap.min() == 0 and heatmap.max() == pytest.approx(1.0)  # normalised, not all zero
+        assert heatmap.std() > 0.1 and (heatmap > 0.5).mean() < 0.9  # a region stands out, not the whole frame
+        other, _ = gradcam(model, x, (index + 1) % len(card.labels))
+        assert not np.allclose(other, heatmap, atol=0.05)  # each label has its own evidence
+        maps.append(heatmap.ravel())
+    # Different radiographs, different evidence: no fixed pattern stamped on every image.
+    correlations = np.corrcoef(np.stack(maps))[np.triu_indices(len(maps), 1)]
+    assert correlations.min() < 0.9, correlations

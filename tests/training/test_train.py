@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from cxr_model.checkpoint import read_card
+from tests.helpers import REPORT_FILES
 from training.config import StageConfig, TrainConfig
 from training.pipeline import run_training
 from training.splits import load_manifest
@@ -115,15 +116,7 @@ def test_run_directory_holds_card_config_manifest_curves_and_report(trained_run)
     assert card.training_config["stage2"]["lr"] == pytest.approx(1e-3)
     assert yaml.safe_load((final / "config.yaml").read_text())["backbone"] == "densenet121"
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    for name in (
-        "report.json",
-        "report.md",
-        "per_class.csv",
-        "predictions.csv",
-        "confusion_matrix.png",
-        "roc.png",
-        "reliability.png",
-    ):
+    for name in REPORT_FILES:
         assert (out / "evaluation" / name).is_file()
     history = json.loads((out / "stage2" / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
