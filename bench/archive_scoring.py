@@ -1,14 +1,16 @@
 """Archive scoring (`cxr score` on Ray Data) against the model-only ceiling, measured side by side.
 
-    .venv/bin/python bench/archive_scoring.py [--checkpoint runs/demo/run/checkpoint] [--images 400]
+    .venv/bin/python bench/archive_scoring.py [--checkpoint runs/demo/run/checkpoint] [--images 800]
 
 1. Ceiling: the model alone on preprocessed tensors in fresh processes, all cores busy, best of
    (one process x all threads | one single-thread process per core) x batch (bench/model_only.py).
 2. Archive: the shipped `cxr score` path on a manifest of real radiographs from ../shared (generated
    pictures when it is absent, and the output says so): read, decode, image checks, gates, model,
    Parquet parts, on a local Ray cluster with this machine's cores, in both actor layouts.
-Prints each rate and archive / ceiling; the goal is >= 0.9. "steady" leaves out the first Parquet
-part, which also carries the actors' start-up (loading the model once per actor).
+Prints each rate and archive / ceiling; the goal is >= 0.9. The archive rate is the marginal one:
+an archive of a quarter of the files and the whole one are scored, and the difference divided by
+the difference in time, so that the fixed start-up (Ray Data planning, each actor loading the model
+once) drops out, as it does from an archive of millions.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=str(ROOT / "runs" / "demo" / "run" / "checkpoint"),
         help="the checkpoint to score with (default: the demo model scripts/run.sh serves)",
     )
-    parser.add_argument("--images", type=int, default=400, help="files in the archive (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=800, help="files in the archive (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="cxr score --batch-size (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=8, help="per ceiling configuration (default: %(default)s)")
     return parser
@@ -69,14 +71,17 @@ def archive_manifest(folder: Path, count: int) -> tuple[Path, str]:
     return manifest, source
 
 
-def score(manifest: Path, checkpoint: str, output: Path, actors: int, cpus: int, batch: int) -> dict:
+def score(manifest: Path, checkpoint: str, output: Path, actors: int, cpus: int, batch: int, count: int) -> dict:
+    """`cxr score` on the manifest's first ``count`` files."""
     from scoring.cli import get_args_parser as score_parser
     from scoring.cli import score_archive
 
+    lines = manifest.read_text().splitlines()
+    subset = output.with_suffix(".csv")
+    subset.write_text("\n".join(lines[: count + 1]) + "\n")
     args = score_parser().parse_args(
-        ["--input", str(manifest), "--checkpoint", checkpoint, "--output", str(output)]
+        ["--input", str(subset), "--checkpoint", checkpoint, "--output", str(output)]
         + ["--actors", str(actors), "--cpus-per-actor", str(cpus), "--batch-size", str(batch)]
-        + ["--write-every", str(batch * 2)]
     )
     return score_archive(args)
 
@@ -105,16 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         manifest, source = archive_manifest(Path(tmp), args.images)
         print(f"2. cxr score on {args.images} files: {source}")
         for actors, cpus in ((1, cores), (cores, 1)):
-            started = time.perf_counter()
-            summary = score(manifest, str(checkpoint), Path(tmp) / f"out-{actors}", actors, cpus, args.batch_size)
-            total = time.perf_counter() - started
-            first_s, first_rows = summary["first_part"]
-            steady = (summary["scored_now"] - first_rows) / max(summary["seconds"] - first_s, 1e-9)
-            best = max(best, steady)
+            # Two archives, a quarter and the whole: the start-up (actors loading the model, the
+            # pipeline filling) costs both the same, so the difference is the rate an archive of
+            # any size approaches.
+            runs = {}
+            for count in (args.images // 4, args.images):
+                started = time.perf_counter()
+                out = Path(tmp) / f"out-{actors}-{count}"
+                summary = score(manifest, str(checkpoint), out, actors, cpus, args.batch_size, count)
+                runs[count] = (time.perf_counter() - started, summary)
+            (small_s, _), (whole_s, summary) = runs[args.images // 4], runs[args.images]
+            marginal = (args.images - args.images // 4) / max(whole_s - small_s, 1e-9)
+            best = max(best, marginal)
             print(
-                f"   {actors} actor(s) x {cpus} CPU: end to end {summary['scored_now'] / total:6.2f} img/s "
-                f"(start-up and first part {first_s:.1f} s), steady {steady:6.2f} img/s, "
-                f"ratio to ceiling {steady / ceiling.rate:.2f}; statuses "
+                f"   {actors} actor(s) x {cpus} CPU: {args.images} files in {whole_s:.1f} s "
+                f"({args.images / whole_s:.2f} img/s end to end, start-up included), "
+                f"{args.images // 4} in {small_s:.1f} s; marginal {marginal:6.2f} img/s, "
+                f"ratio to ceiling {marginal / ceiling.rate:.2f}; statuses "
                 + ", ".join(f"{k} {v}" for k, v in summary.items() if k in ("scored", "out_of_scope", "error"))
             )
     ray.shutdown()

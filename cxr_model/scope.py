@@ -127,7 +127,8 @@ class Mahalanobis:
 
     def distances(self, vectors: np.ndarray) -> np.ndarray:
         centred = np.asarray(vectors, dtype=np.float64) - self.mean
-        squared = np.einsum("ij,jk,ik->i", centred, self.precision, centred)
+        # One BLAS matrix product: a three-operand einsum here cost ~7 ms per image at 2208 features.
+        squared = ((centred @ self.precision) * centred).sum(axis=1)
         return np.sqrt(np.clip(squared, 0.0, None))
 
     def save(self, path: str | Path) -> None:

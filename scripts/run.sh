@@ -10,19 +10,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
+# A single-user local demo on loopback: its Ray clusters (training, then serving) run without
+# Ray's token authentication, as tests do; a shared cluster keeps it on.
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 if [ -z "${CXR_CHECKPOINT:-}" ]; then
     if [ -n "${CXR_DEMO_DATA:-}" ]; then
         # One run folder per data set, so another CXR_DEMO_DATA never reuses this one's model.
         demo="runs/demo-data/$(realpath "$CXR_DEMO_DATA" | sha256sum | cut -c1-12)"
-        what="on $CXR_DEMO_DATA"
+        what="on $CXR_DEMO_DATA, up to 300 images per label (about 12 minutes on 2 CPU cores)"
     else
         demo=runs/demo
-        what="on generated pictures (set CXR_DEMO_DATA to train on real radiographs)"
+        what="on generated pictures, about 5 minutes on 2 CPU cores (set CXR_DEMO_DATA to train on real radiographs)"
     fi
     # A run from before the layout gate lacks layout_gate.npz: `cxr demo` keeps the trained stages
     # and only redoes the final step (calibration, gates, report, export).
     if [ ! -f "$demo/run/checkpoint/layout_gate.npz" ]; then
-        echo "No CXR_CHECKPOINT given: training the demo model $what (a few minutes on 2 CPU cores)."
+        echo "No CXR_CHECKPOINT given: training the demo model $what."
         .venv/bin/cxr demo --output-dir "$demo" ${CXR_DEMO_DATA:+--data "$CXR_DEMO_DATA"}
     fi
     export CXR_CHECKPOINT="$PWD/$demo/run/checkpoint"
@@ -30,7 +33,6 @@ fi
 # The local demo is the one place the app's own authentication may be off (the pages say so);
 # CXR_AUTH=api_key bash scripts/run.sh runs it with API keys and sign-in (`cxr keys create`).
 export CXR_DEMO=true CXR_AUTH=${CXR_AUTH:-off}
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # a single-user local demo on loopback
 # Our own cluster (scripts/local_cluster.sh, shared with the benchmark), stopped again on exit.
 echo "Starting the local Ray cluster and deploying serve_config.yaml (model: $CXR_CHECKPOINT)."
 bash scripts/local_cluster.sh start

@@ -37,7 +37,7 @@ from serve.records import IMAGE_KINDS, SaveResult
 from serve.routes import RouteOwner, route
 from serve.sessions import SESSION_COOKIE, SessionCookies
 from serve.uploads import Upload, read_small_form, read_upload
-from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, is_htmx, probability_rows
+from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, is_htmx, probability_rows, scope_rates
 
 PAGE_SIZE = 10
 PAGE_MESSAGE = f"The page number must be a whole number from 1 to {MAX_PAGE}."
@@ -308,7 +308,12 @@ class Pages(RouteOwner):
     async def model(self, request: Request) -> Response:
         card = (await self.predictions.card(refresh=True)).to_dict()
         return await self._page(
-            request, "model.html", None, card=card, metrics=headline_metrics(card.get("metrics") or {})
+            request,
+            "model.html",
+            None,
+            card=card,
+            metrics=headline_metrics(card.get("metrics") or {}),
+            scope_rates=scope_rates(card.get("scope") or {}),
         )
 
     # -- sign-in -------------------------------------------------------------------------------------

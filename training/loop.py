@@ -328,7 +328,7 @@ def quiet_ray_train_reports() -> None:
     from ray.train.v2._internal.execution import context, storage
 
     # context.py names its logger after its file path, so it is not under the "ray.train" hierarchy.
-    for name in (context.__file__, storage.__name__, "ray.train._internal.storage"):
+    for name in (context.__file__, storage.__name__, "ray.train._internal.storage", "ray.train.v2.torch"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

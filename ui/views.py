@@ -141,6 +141,21 @@ def headline_metrics(metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def scope_rates(scope: dict) -> list[tuple[str, str, str]]:
+    """The out-of-scope gate's measured rates from a model card: (pictures, refused, rate) rows."""
+    rates = (scope or {}).get("rates") or {}
+    rows = [
+        (f"Chest radiographs, {split} split", f"{row['refused']} of {row['n']}",
+         f"false rejection {percent(row['false_rejection_rate'])}")
+        for split, row in (rates.get("chest_radiographs") or {}).items()
+    ]  # fmt: skip
+    rows += [
+        (kind.replace("_", " ").capitalize(), f"{row['refused']} of {row['n']}", f"missed {percent(row['miss_rate'])}")
+        for kind, row in (rates.get("out_of_scope") or {}).items()
+    ]
+    return rows
+
+
 class PageRenderer:
     """Renders templates with the globals every page needs (notice, htmx file, demo flag)."""
 

@@ -180,6 +180,8 @@ def test_study_and_model_pages(service):
     assert model.status_code == 200 and card["name"] in model.text and card["weights_sha256"] in model.text
     for label in card["labels"]:
         assert label in model.text
+    assert "Out-of-scope gate" in model.text  # this test model's card records no rates: the page says so
+    assert "No gate rates are recorded" in model.text
 
 
 def test_every_response_carries_a_strict_content_security_policy(service):

@@ -19,6 +19,7 @@ from ui.views import (
     is_htmx,
     percent,
     probability_rows,
+    scope_rates,
 )
 
 NOTICE = "Decision support only - not for diagnostic use"
@@ -137,7 +138,11 @@ FULL_PAGES = {
     "new_prediction.html": {"form": form(), "result": None, "error": None},
     "patients.html": {"patient_id": "P-1", "items": [RECORD], "total": 1, "page": 1, "pages": 1, "error": None},
     "prediction.html": {"record": RECORD, "rows": probability_rows(RECORD["probabilities"], LABELS, [], ["Normal"])},
-    "model.html": {"card": CARD, "metrics": [("Accuracy", "90.0%")]},
+    "model.html": {
+        "card": CARD,
+        "metrics": [("Accuracy", "90.0%")],
+        "scope_rates": [("Blank", "40 of 40", "missed 0.0%")],
+    },
     "message.html": {"title": "Prediction not found", "message": "No stored prediction has this ID."},
 }
 
@@ -271,6 +276,15 @@ def test_view_helpers():
     assert [(r["label"], r["positive"], r["threshold"]) for r in rows] == [("a", False, 0.5), ("b", True, 0.5)]
     metrics = headline_metrics({"test": {"accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "n": 20}})
     assert metrics == [("Accuracy", "90.0% (95% CI 80.0% - 95.0%)"), ("Test images", "20")]
+    rates = {
+        "chest_radiographs": {"test": {"n": 100, "refused": 1, "false_rejection_rate": 0.01}},
+        "out_of_scope": {"greyscale_photo": {"n": 40, "refused": 39, "miss_rate": 0.025}},
+    }
+    assert scope_rates({"rates": rates}) == [
+        ("Chest radiographs, test split", "1 of 100", "false rejection 1.0%"),
+        ("Greyscale photo", "39 of 40", "missed 2.5%"),
+    ]
+    assert scope_rates({}) == []
     assert is_htmx({"hx-request": "true"})
     assert not is_htmx({"hx-request": "true", "hx-history-restore-request": "true"})
     assert not is_htmx({})
