@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cxr_model", "training", "serve", "ui", "scoring")
+PACKAGES = ("cxr_model", "training", "serve", "ui", "scoring", "gateway")
 
 
 def _module_name(path: Path) -> str:
@@ -150,6 +150,15 @@ def test_scoring_uses_the_model_and_records_but_not_the_web_layer(graph):
     # Nothing below it imports it: archive scoring is a leaf.
     others = {m: t for m, t in internal.items() if not m.startswith("scoring")}
     assert _offending(others, ("scoring",)) == {}
+
+
+def test_the_gateway_speaks_dicom_and_http_only(graph):
+    """Its own process and deployment: it reaches the service over HTTP, never through its code or Ray."""
+    internal, external = graph
+    assert _offending(_in("gateway", internal), ("serve", "training", "scoring", "ui")) == {}
+    assert _offending(_in("gateway", external), ("ray", "starlette", "torch")) == {}
+    others = {m: t for m, t in internal.items() if not m.startswith("gateway")}
+    assert _offending(others, ("gateway",)) == {}
 
 
 def test_ui_imports_neither_serve_nor_ray(graph):

@@ -1,0 +1,96 @@
+"""``Forwarder``: submits spooled instances to the service, retrying with backoff while it is down.
+
+Each instance goes to ``POST /api/v1/predictions`` as the DICOM file it was received as, saved, with
+the request id ``dicom:<SOP Instance UID>``: a retry after a lost answer, or the same instance sent
+again by the PACS, is the same request, stored once. The answer decides what happens to the file:
+
+- 2xx: analysed and stored; the spooled copy is removed.
+- 401/403 (the gateway's key is wrong or revoked), 408, 429 and 5xx, or no answer at all: the
+  service is busy, down or misconfigured. The file stays and is tried
+  again after an exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``); nothing
+  is ever dropped for being late.
+- any other 4xx: the service refused this instance (not a chest radiograph, an unreadable file):
+  retrying cannot change that, so it moves to ``refused/`` with the answer, where
+  ``cxr gateway status`` shows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from gateway.spool import Spool
+
+log = logging.getLogger(__name__)
+# Besides 5xx: busy answers, and a rejected API key (a configuration error that ops fix: the
+# instances wait for it rather than being filed as refused).
+RETRYABLE = {401, 403, 408, 425, 429}
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float = 1.0
+    max_s: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_s, self.initial_s * 2 ** max(0, failures - 1))
+
+
+class Forwarder:
+    def __init__(self, spool: Spool, service_url: str, api_key: str | None, backoff: Backoff = Backoff()):
+        self.spool, self.backoff = spool, backoff
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=service_url.rstrip("/"), headers=headers, timeout=120)
+        self.failures = 0
+        self.stopped = threading.Event()
+
+    def submit(self, path: Path) -> bool:
+        """One instance to the service; True when it got a final answer (stored or refused)."""
+        uid = path.stem
+        try:
+            response = self.http.post(
+                "/api/v1/predictions",
+                data={"request_id": f"dicom:{uid}", "save": "1"},
+                files={"image": (path.name, path.read_bytes(), "application/dicom")},
+            )
+        except httpx.HTTPError as exc:
+            log.warning("service unreachable for %s: %s", uid, exc)
+            return False
+        if response.status_code < 300:
+            self.spool.answered(path)
+            return True
+        if response.status_code >= 500 or response.status_code in RETRYABLE:
+            log.warning("service answered %s for %s; will retry", response.status_code, uid)
+            return False
+        try:
+            error = response.json().get("error") or {}
+        except ValueError:
+            error = {"message": response.text[:500]}
+        self.spool.refuse(path, {"status": response.status_code, **error})
+        return True
+
+    def drain(self) -> int:
+        """Submit everything pending once, stopping at the first instance the service did not
+        answer (the service is down: the rest would fail too); returns how many were answered."""
+        answered = 0
+        for path in self.spool.waiting():
+            if self.stopped.is_set():
+                break
+            if not self.submit(path):
+                self.failures += 1
+                return answered
+            answered, self.failures = answered + 1, 0
+        return answered
+
+    def run(self, idle_s: float = 0.5) -> None:
+        """Until ``stop()``: drain, then wait (the backoff after a failure, else ``idle_s``)."""
+        while not self.stopped.is_set():
+            self.drain()
+            self.stopped.wait(self.backoff.delay(self.failures) if self.failures else idle_s)
+
+    def stop(self) -> None:
+        self.stopped.set()

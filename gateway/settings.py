@@ -1,0 +1,22 @@
+"""``GatewaySettings``: every ``cxr gateway`` knob, from flags or ``CXR_GATEWAY_*``, one default each."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CXR_GATEWAY_", extra="forbid")
+
+    ae_title: str = Field(default="CXR_GATEWAY", min_length=1, max_length=16)
+    host: str = "127.0.0.1"  # 0.0.0.0 in a pod; loopback on a workstation
+    port: int = Field(default=11112, ge=1, le=65535)
+    # Calling AE titles allowed to associate; every other is refused. Required: no open gateway.
+    allow_ae: list[str] = Field(default_factory=list)
+    service_url: str = "http://127.0.0.1:8000"
+    api_key_file: str | None = None
+    spool: str = "runs/gateway-spool"
+    max_spool_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=60.0, gt=0)

@@ -1,0 +1,109 @@
+"""DCMTK storescu -> `cxr gateway` (its own process) -> the running service -> a stored record.
+The forwarder is also driven directly against the service and against no service at all."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from gateway.forwarder import Backoff, Forwarder
+from gateway.spool import Spool
+from tests.helpers import free_port, make_dicom, skip_or_fail_in_ci
+from training.synthetic import render_chest
+
+
+def chest_dicom(seed: int, patient: str, body_part: str = "CHEST") -> bytes:
+    pixels = (render_chest("Normal", np.random.default_rng(seed)) * 4095).astype(np.uint16)
+    return make_dicom(pixels, 12, patient_id=patient, body_part=body_part)
+
+
+def uid_of(data: bytes) -> str:
+    from io import BytesIO
+
+    return str(pydicom.dcmread(BytesIO(data)).SOPInstanceUID)
+
+
+def test_the_forwarder_delivers_each_instance_once_and_keeps_it_while_the_service_is_down(service, db, tmp_path):
+    spool = Spool(tmp_path / "spool", 50 * 1024**2)
+    chest, head = chest_dicom(70, "GW-FWD-1"), chest_dicom(71, "GW-FWD-2", body_part="HEAD")
+    for data in (chest, head):
+        spool.put(uid_of(data), data)
+    down = Forwarder(spool, f"http://127.0.0.1:{free_port()}", service.api_key, Backoff(0.01, 0.05))
+    assert down.drain() == 0 and down.failures == 1 and len(spool.waiting()) == 2  # nothing dropped
+
+    revoked = Forwarder(spool, service.base_url, "not-a-key", Backoff(0.01, 0.05))
+    assert revoked.drain() == 0 and len(spool.waiting()) == 2  # a wrong key is fixed by ops, not filed
+    up = Forwarder(spool, service.base_url, service.api_key)
+    assert up.drain() == 2 and spool.waiting() == []
+    record = db["predictions"].find_one({"request_id": f"dicom:{uid_of(chest)}"})
+    assert record and record["patient_id"] == "GW-FWD-1"  # from the DICOM header
+    (refusal,) = spool.status().refusals  # the head radiograph: answered, not lost, visible to ops
+    assert refusal["status"] == 422 and refusal["code"] == "dicom_not_chest"
+    assert refusal["file"] == uid_of(head)
+
+    spool.put(uid_of(chest), chest)  # the PACS sends the same instance again
+    assert up.drain() == 1
+    assert db["predictions"].count_documents({"request_id": f"dicom:{uid_of(chest)}"}) == 1
+
+
+def test_storescu_to_the_gateway_process_ends_as_a_stored_record(service, db, tmp_path):
+    if not shutil.which("storescu"):
+        skip_or_fail_in_ci("DCMTK is not installed (apt-get install dcmtk)")
+    key_file = tmp_path / "api-key"
+    key_file.write_text(service.api_key + "\n")
+    port, spool = free_port(), tmp_path / "spool"
+    gateway = subprocess.Popen(
+        [str(Path(sys.executable).with_name("cxr")), "gateway", "--ae-title", "CXR_AI", "--port", str(port)]
+        + ["--allow-ae", "MODALITY1", "--service-url", service.base_url, "--api-key-file", str(key_file)]
+        + ["--spool", str(spool)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "listening" in gateway.stdout.readline()
+        path = tmp_path / "study.dcm"
+        path.write_bytes(chest_dicom(72, "GW-E2E-1"))
+        command = ["storescu", "-aet", "MODALITY1", "-aec", "CXR_AI", "127.0.0.1", str(port), str(path)]
+        assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+        query = {"request_id": f"dicom:{uid_of(path.read_bytes())}"}
+        deadline = time.monotonic() + 60
+        while db["predictions"].count_documents(query) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        record = db["predictions"].find_one(query)
+        assert record and record["patient_id"] == "GW-E2E-1" and record["top_label"]
+        status = subprocess.run(
+            [str(Path(sys.executable).with_name("cxr")), "gateway", "status", "--spool", str(spool)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert '"pending": 0' in status.stdout and '"refused": 0' in status.stdout
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=30)
+    assert gateway.returncode == 0
+
+
+@pytest.mark.parametrize("calling", ["UNLISTED"])
+def test_the_gateway_refuses_an_unlisted_ae_before_any_data(calling, tmp_path):
+    if not shutil.which("echoscu"):
+        skip_or_fail_in_ci("DCMTK is not installed (apt-get install dcmtk)")
+    from gateway.scp import build_ae, start_scp
+
+    port = free_port()
+    server = start_scp(build_ae("CXR_AI", ["MODALITY1"]), "127.0.0.1", port, Spool(tmp_path / "s", 1024**2))
+    try:
+        refused = subprocess.run(
+            ["echoscu", "-aet", calling, "-aec", "CXR_AI", "127.0.0.1", str(port)], capture_output=True, timeout=60
+        )
+        assert refused.returncode != 0
+    finally:
+        server.shutdown()
