@@ -44,6 +44,13 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.api_key_file,
         help="file holding the API key the gateway sends (default: %(default)s, for a service without auth)",
     )
+    flag(
+        "--send-to",
+        action="append",
+        default=None,
+        help="AE@host:port to C-STORE each result (the SR) to, repeatable "
+        f"(default: {defaults.send_to or 'none, results stay in the service'})",
+    )
     flag("--spool", default=defaults.spool, help="spool folder, on durable storage (default: %(default)s)")
     flag(
         "--max-spool-bytes",
@@ -60,17 +67,24 @@ def register_gateway(subparsers) -> None:
 
 
 def _run(args, settings: GatewaySettings) -> int:
+    from gateway.delivery import Destination, Sender, outboxes, run_senders
     from gateway.forwarder import Backoff, Forwarder
     from gateway.scp import build_ae, start_scp
     from gateway.spool import Spool
 
     spool = Spool(args.spool, args.max_spool_bytes)
     api_key = Path(args.api_key_file).read_text().strip() if args.api_key_file else None
+    backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+    destinations = [Destination.parse(text) for text in (args.send_to or settings.send_to)]
+    boxes = outboxes(Path(args.spool), destinations, args.max_spool_bytes)
     ae = build_ae(args.ae_title, args.allow_ae or settings.allow_ae)
     server = start_scp(ae, args.host, args.port, spool)
-    forwarder = Forwarder(spool, args.service_url, api_key, Backoff(settings.retry_initial_s, settings.retry_max_s))
-    worker = threading.Thread(target=forwarder.run, name="forwarder", daemon=True)
-    worker.start()
+    forwarder = Forwarder(spool, args.service_url, api_key, backoff, list(boxes.values()))
+    senders = [Sender(args.ae_title, d, box) for d, box in boxes.items()]
+    workers = [threading.Thread(target=forwarder.run, name="forwarder", daemon=True)]
+    workers.append(threading.Thread(target=run_senders, args=(senders, forwarder.stopped, backoff), daemon=True))
+    for worker in workers:
+        worker.start()
     print(f"{args.ae_title} listening on {args.host}:{args.port}; forwarding to {args.service_url}", flush=True)
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -78,15 +92,18 @@ def _run(args, settings: GatewaySettings) -> int:
     done.wait()
     server.shutdown()  # no new instances; what is spooled stays for the next start
     forwarder.stop()
-    worker.join(timeout=30)
+    for worker in workers:
+        worker.join(timeout=30)
     return 0
 
 
 def _gateway(args) -> int:
     settings = GatewaySettings()
     if args.action == "status":
+        from gateway.delivery import dead_letters
         from gateway.spool import Spool
 
-        print(json.dumps(asdict(Spool(args.spool, args.max_spool_bytes).status()), indent=2))
+        status = asdict(Spool(args.spool, args.max_spool_bytes).status())
+        print(json.dumps(status | {"dead_letters": dead_letters(Path(args.spool))}, indent=2))
         return 0
     return _run(args, settings)

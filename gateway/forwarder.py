@@ -4,7 +4,8 @@ Each instance goes to ``POST /api/v1/predictions`` as the DICOM file it was rece
 the request id ``dicom:<SOP Instance UID>``: a retry after a lost answer, or the same instance sent
 again by the PACS, is the same request, stored once. The answer decides what happens to the file:
 
-- 2xx: analysed and stored; the spooled copy is removed.
+- 2xx and stored: the spooled copy is removed. 2xx but not stored (the service's database is
+  down): retried like a failure, since the record is the point.
 - 401/403 (the gateway's key is wrong or revoked), 408, 429 and 5xx, or no answer at all: the
   service is busy, down or misconfigured. The file stays and is tried
   again after an exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``); nothing
@@ -16,12 +17,14 @@ again by the PACS, is the same request, stored once. The answer decides what hap
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pydicom
 
 from gateway.spool import Spool
 
@@ -40,9 +43,26 @@ class Backoff:
         return min(self.max_s, self.initial_s * 2 ** max(0, failures - 1))
 
 
+def report_bytes(source: Path, answer: dict) -> tuple[str, bytes]:
+    """The SR for one answered instance, encoded as a DICOM file: (its SOP Instance UID, bytes)."""
+    from cxr_model.structured_report import build_report  # highdicom: only when results go back
+
+    report = build_report(pydicom.dcmread(source), answer["probabilities"], answer["positives"], answer["model"])
+    buffer = io.BytesIO()
+    report.save_as(buffer, enforce_file_format=True)
+    return str(report.SOPInstanceUID), buffer.getvalue()
+
+
 class Forwarder:
-    def __init__(self, spool: Spool, service_url: str, api_key: str | None, backoff: Backoff = Backoff()):
-        self.spool, self.backoff = spool, backoff
+    def __init__(
+        self,
+        spool: Spool,
+        service_url: str,
+        api_key: str | None,
+        backoff: Backoff = Backoff(),
+        outboxes: list[Spool] | None = None,
+    ):
+        self.spool, self.backoff, self.outboxes = spool, backoff, outboxes or []
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=service_url.rstrip("/"), headers=headers, timeout=120)
         self.failures = 0
@@ -60,7 +80,17 @@ class Forwarder:
         except httpx.HTTPError as exc:
             log.warning("service unreachable for %s: %s", uid, exc)
             return False
+        if response.status_code < 300 and not response.json().get("saved"):
+            # Answered but not stored (the database is down): the record is what counts, so retry.
+            log.warning("service could not store %s (%s); will retry", uid, response.json().get("save_error"))
+            return False
         if response.status_code < 300:
+            # The result goes into every outbox before the source leaves the spool: a crash in
+            # between resubmits the instance (the same request, stored once) and rebuilds it.
+            if self.outboxes:
+                uid_, data = report_bytes(path, response.json())
+                for outbox in self.outboxes:
+                    outbox.put(uid_, data)
             self.spool.answered(path)
             return True
         if response.status_code >= 500 or response.status_code in RETRYABLE:

@@ -15,6 +15,7 @@ class GatewaySettings(BaseSettings):
     # Calling AE titles allowed to associate; every other is refused. Required: no open gateway.
     allow_ae: list[str] = Field(default_factory=list)
     service_url: str = "http://127.0.0.1:8000"
+    send_to: list[str] = Field(default_factory=list)  # AE@host:port destinations for the SR
     api_key_file: str | None = None
     spool: str = "runs/gateway-spool"
     max_spool_bytes: int = Field(default=4 * 1024**3, ge=1024)

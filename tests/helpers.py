@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -191,3 +192,70 @@ REPORT_FILES = (
     "roc.png",
     "reliability.png",
 )
+
+
+def study_instance(pixels: np.ndarray, bits_stored: int, patient_id: str, **flags) -> bytes:
+    """``make_dicom`` plus what a modality always sends: study and series UIDs, dates, accession,
+    referring physician, imager pixel spacing. What PACS workflows and structured reports need."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(pixels, bits_stored, patient_id=patient_id, **flags)))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261129", "101500", "1", f"ACC-{patient_id}"
+    ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "Ref^Doc", "19600101", "F"
+    ds.ImagerPixelSpacing, ds.SeriesNumber, ds.InstanceNumber = [0.15, 0.15], 1, 1
+    ds.ViewPosition = "PA"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class OrthancServer:
+    """Debian's Orthanc with the DICOMweb plugin, as a foreground process with its own config."""
+
+    def __init__(self, root: Path, modalities: dict[str, list]):
+        self.http_port, self.dicom_port, self.root = free_port(), free_port(), root
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        config = {
+            "Name": "cxr-test-pacs",
+            "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{self.http_port}"},
+            "DicomModalities": modalities,
+            "ConcurrentJobs": 2,
+            "DicomAssociationCloseDelay": 0,
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "orthanc.json").write_text(json.dumps(config))
+        self.process = None
+
+    def start(self) -> "OrthancServer":
+        import httpx
+
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        self.process = subprocess.Popen(
+            ["/usr/sbin/Orthanc", str(self.root / "orthanc.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/system", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("Orthanc did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)

@@ -107,3 +107,23 @@ def test_the_gateway_refuses_an_unlisted_ae_before_any_data(calling, tmp_path):
         assert refused.returncode != 0
     finally:
         server.shutdown()
+
+
+def test_an_instance_answered_but_not_stored_stays_spooled_until_the_database_is_back(
+    service, db, mongo_server, tmp_path
+):
+    spool = Spool(tmp_path / "spool", 50 * 1024**2)
+    data = chest_dicom(73, "GW-DB-1")
+    spool.put(uid_of(data), data)
+    forwarder = Forwarder(spool, service.base_url, service.api_key, Backoff(0.01, 0.05))
+    mongo_server.stop()
+    try:
+        assert forwarder.drain() == 0 and len(spool.waiting()) == 1  # answered, not saved: kept
+    finally:
+        mongo_server.start()
+    deadline = time.monotonic() + 60
+    while spool.waiting() and time.monotonic() < deadline:  # the store reconnects on its own
+        forwarder.drain()
+        time.sleep(0.5)
+    assert spool.waiting() == []
+    assert db["predictions"].count_documents({"request_id": f"dicom:{uid_of(data)}"}) == 1
