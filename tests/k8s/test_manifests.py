@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -302,3 +303,39 @@ def test_the_archive_scoring_job_validates_and_runs_cxr_score_as_placed():
     (service,) = [d for d in yaml.safe_load_all((K8S / "base" / "rayservice.yaml").read_text()) if d]
     assert {c["image"] for c in containers(job)} == {c["image"] for c in containers(service)}
     assert not any("jobs" in p.read_text() for p in K8S.rglob("kustomization.yaml"))
+
+
+def test_the_dicom_gateway_runs_cxr_gateway_with_its_own_spool_and_key(overlay):
+    from gateway.cli import add_gateway_arguments
+    from gateway.delivery import Destination
+
+    _, docs = overlay
+    (gateway,) = [d for d in by_kind(docs, "StatefulSet") if d["metadata"]["name"] == "cxr-gateway"]
+    (service,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "cxr-gateway"]
+    (config,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "cxr-gateway"]
+    (rayservice,) = by_kind(docs, "RayService")
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:2] == ["cxr", "gateway"]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_gateway_arguments(parser)
+    args = parser.parse_args(container["command"][2:])
+    assert args.service_url == f"http://{rayservice['metadata']['name']}-serve-svc:8000"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert args.spool in mounts and {t["metadata"]["name"] for t in gateway["spec"]["volumeClaimTemplates"]} == {
+        mounts[args.spool]["name"]
+    }  # every pod its own durable spool
+    key_mount = str(Path(args.api_key_file).parent)
+    assert mounts[key_mount]["readOnly"] is True
+    assert any(v["name"] == mounts[key_mount]["name"] and "secret" in v for v in pod["volumes"])
+    settings = config["data"]
+    assert json.loads(settings["CXR_GATEWAY_ALLOW_AE"])  # never an open gateway
+    assert all(Destination.parse(d) for d in json.loads(settings["CXR_GATEWAY_SEND_TO"]))
+    assert int(settings["CXR_GATEWAY_MAX_SPOOL_BYTES"]) < 20 * 1024**3  # below the volume's size
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == args.port and container["ports"][0]["containerPort"] == args.port
+    assert service["spec"]["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert "CXR_MONGODB_URI" not in json.dumps(gateway)  # the gateway reaches the service, not the database
