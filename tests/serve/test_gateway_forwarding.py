@@ -127,3 +127,42 @@ def test_an_instance_answered_but_not_stored_stays_spooled_until_the_database_is
         time.sleep(0.5)
     assert spool.waiting() == []
     assert db["predictions"].count_documents({"request_id": f"dicom:{uid_of(data)}"}) == 1
+
+
+def test_a_gateway_killed_with_instances_spooled_delivers_them_after_restart(service, db, tmp_path):
+    if not shutil.which("storescu"):
+        skip_or_fail_in_ci("DCMTK is not installed (apt-get install dcmtk)")
+    key_file, spool, port = tmp_path / "api-key", tmp_path / "spool", free_port()
+    key_file.write_text(service.api_key)
+
+    def start(service_url: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("cxr")), "gateway", "--ae-title", "CXR_AI", "--port", str(port)]
+            + ["--allow-ae", "MODALITY1", "--service-url", service_url, "--api-key-file", str(key_file)]
+            + ["--spool", str(spool)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert "listening" in process.stdout.readline()
+        return process
+
+    first = start(f"http://127.0.0.1:{free_port()}")  # the service unreachable: instances wait
+    files = []
+    for seed in (74, 75):
+        files.append(tmp_path / f"{seed}.dcm")
+        files[-1].write_bytes(chest_dicom(seed, f"GW-KILL-{seed}"))
+    command = ["storescu", "-aet", "MODALITY1", "-aec", "CXR_AI", "127.0.0.1", str(port), *map(str, files)]
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    first.kill()  # SIGKILL: no clean-up, as a node failure
+    first.wait(timeout=30)
+    second = start(service.base_url)
+    try:
+        queries = [{"request_id": f"dicom:{uid_of(f.read_bytes())}"} for f in files]
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(db["predictions"].count_documents(q) for q in queries):
+            time.sleep(0.5)
+        assert [db["predictions"].count_documents(q) for q in queries] == [1, 1]
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
