@@ -2,8 +2,8 @@
 
 Headers are read and checked before any pixel is touched. Checked are: pixel data present,
 modality, rows x columns x frames within the budget, a transfer syntax that an installed decoder
-can handle, and a body part that is the chest when the header states one. Then pixels go through
-the modality LUT (rescale slope/intercept) and the VOI LUT or window when present.
+can handle, a body part that is the chest and a frontal view (PA or AP) when the header states
+them. Then pixels go through the modality LUT (rescale slope/intercept) and the VOI LUT or window when present.
 MONOCHROME1 is inverted so that bone is bright. The result is a 16-bit greyscale image, which
 preprocessing treats like any 16-bit PNG.
 """
@@ -23,11 +23,44 @@ DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 MODALITIES = {"CR", "DX"}  # computed and digital radiography
 CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "CHEST_LAT", "PORT CHEST", "PORTABLE CHEST"}
+# (0018,5101) View Position, DICOM CID 4010 terms: the model reads frontal films only; a lateral or
+# oblique view is not analysed. Absent or empty means unstated, and is analysed like a PNG.
+FRONTAL_VIEWS = {"PA", "AP"}
 PREAMBLE = 128
 
 
 class DicomError(ImageDecodeError):
     """A DICOM file refused, with a stable ``reason`` code like any other undecodable upload."""
+
+
+@dataclass(frozen=True)
+class DicomIdentifiers:
+    """What names a received instance in the PACS, stored with its record (DICOM keywords, snake_case)."""
+
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    accession_number: str | None = None
+    modality: str | None = None
+    body_part_examined: str | None = None
+    view_position: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {name: value for name, value in vars(self).items() if value}
+
+
+IDENTIFIER_KEYWORDS = {
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "sop_class_uid": "SOPClassUID",
+    "accession_number": "AccessionNumber",
+    "modality": "Modality",
+    "body_part_examined": "BodyPartExamined",
+    "view_position": "ViewPosition",
+}
+MAX_IDENTIFIER_LENGTH = 64  # the longest UI, SH and CS values allow; anything longer is not DICOM
 
 
 @dataclass(frozen=True)
@@ -81,6 +114,25 @@ def header_patient_id(data: bytes) -> str | None:
         return None
 
 
+def read_identifiers(data: bytes) -> DicomIdentifiers | None:
+    """The instance's identifiers, whatever else is wrong with it; None when no header can be read.
+    Values that could not be real DICOM (too long, control characters) are left out, not stored."""
+    if not data or not is_dicom(data):
+        return None
+    try:
+        ds = _dataset(data, header_only=True)
+        values = {name: str(ds.get(keyword, "") or "").strip() for name, keyword in IDENTIFIER_KEYWORDS.items()}
+    except Exception:  # a corrupt element, parsed lazily on access
+        return None
+    return DicomIdentifiers(
+        **{
+            name: value
+            for name, value in values.items()
+            if value and len(value) <= MAX_IDENTIFIER_LENGTH and value.isprintable()
+        }
+    )
+
+
 def read_header(data: bytes, max_pixels: int) -> DicomHeader:
     """Header only (pixels skipped); every refusal before decoding happens here."""
     try:
@@ -112,6 +164,9 @@ def _read_header(data: bytes, max_pixels: int) -> DicomHeader:
     body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper() or None
     if body_part is not None and body_part not in CHEST_PARTS:
         raise DicomError("dicom_not_chest", f"the header says body part {body_part}, not the chest")
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view and view not in FRONTAL_VIEWS:
+        raise DicomError("dicom_not_frontal", f"the header says view position {view}; only PA and AP films are read")
     if not _decodable(syntax):
         raise DicomError(
             "dicom_unsupported_syntax", f"transfer syntax {syntax.name} ({syntax}) has no decoder installed here"

@@ -51,6 +51,19 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         help="AE@host:port to C-STORE each result (the SR) to, repeatable "
         f"(default: {defaults.send_to or 'none, results stay in the service'})",
     )
+    flag(
+        "--stow-to",
+        action="append",
+        default=None,
+        help="DICOMweb root URL to STOW-RS each result (the SR) to, e.g. http://pacs:8042/dicom-web, repeatable "
+        f"(default: {defaults.stow_to or 'none'})",
+    )
+    flag(
+        "--metrics-port",
+        type=int,
+        default=defaults.metrics_port,
+        help="serve Prometheus metrics on this port, on --host (default: %(default)s, not served)",
+    )
     flag("--spool", default=defaults.spool, help="spool folder, on durable storage (default: %(default)s)")
     flag(
         "--max-spool-bytes",
@@ -67,7 +80,7 @@ def register_gateway(subparsers) -> None:
 
 
 def _run(args, settings: GatewaySettings) -> int:
-    from gateway.delivery import Destination, Sender, outboxes, run_senders
+    from gateway.delivery import make_sender, outboxes, parse_destinations, run_senders
     from gateway.forwarder import Backoff, Forwarder
     from gateway.scp import build_ae, start_scp
     from gateway.spool import Spool
@@ -75,12 +88,14 @@ def _run(args, settings: GatewaySettings) -> int:
     spool = Spool(args.spool, args.max_spool_bytes)
     api_key = Path(args.api_key_file).read_text().strip() if args.api_key_file else None
     backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
-    destinations = [Destination.parse(text) for text in (args.send_to or settings.send_to)]
+    destinations = parse_destinations(args.send_to or settings.send_to, args.stow_to or settings.stow_to)
     boxes = outboxes(Path(args.spool), destinations, args.max_spool_bytes)
+    if args.metrics_port:
+        serve_metrics(args.host, args.metrics_port, spool, boxes)
     ae = build_ae(args.ae_title, args.allow_ae or settings.allow_ae)
     server = start_scp(ae, args.host, args.port, spool)
     forwarder = Forwarder(spool, args.service_url, api_key, backoff, list(boxes.values()))
-    senders = [Sender(args.ae_title, d, box) for d, box in boxes.items()]
+    senders = [make_sender(args.ae_title, d, box, forwarder.report_delivery) for d, box in boxes.items()]
     workers = [threading.Thread(target=forwarder.run, name="forwarder", daemon=True)]
     workers.append(threading.Thread(target=run_senders, args=(senders, forwarder.stopped, backoff), daemon=True))
     for worker in workers:
@@ -95,6 +110,15 @@ def _run(args, settings: GatewaySettings) -> int:
     for worker in workers:
         worker.join(timeout=30)
     return 0
+
+
+def serve_metrics(host: str, port: int, spool, boxes: dict) -> None:
+    from prometheus_client import REGISTRY, start_http_server
+
+    from gateway.metrics import SpoolCollector
+
+    REGISTRY.register(SpoolCollector(spool, {d.label: box for d, box in boxes.items()}))
+    start_http_server(port, addr=host)
 
 
 def _gateway(args) -> int:

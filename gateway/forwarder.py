@@ -26,12 +26,14 @@ from pathlib import Path
 import httpx
 import pydicom
 
+from gateway.metrics import FORWARDED
 from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
 # Besides 5xx: busy answers, and a rejected API key (a configuration error that ops fix: the
 # instances wait for it rather than being filed as refused).
 RETRYABLE = {401, 403, 408, 425, 429}
+PREDICTION_SUFFIX = ".prediction"  # beside a queued report: the id of the record it reports on
 
 
 @dataclass(frozen=True)
@@ -79,29 +81,47 @@ class Forwarder:
             )
         except httpx.HTTPError as exc:
             log.warning("service unreachable for %s: %s", uid, exc)
+            FORWARDED.labels("retry").inc()
             return False
         if response.status_code < 300 and not response.json().get("saved"):
             # Answered but not stored (the database is down): the record is what counts, so retry.
             log.warning("service could not store %s (%s); will retry", uid, response.json().get("save_error"))
+            FORWARDED.labels("retry").inc()
             return False
         if response.status_code < 300:
-            # The result goes into every outbox before the source leaves the spool: a crash in
-            # between resubmits the instance (the same request, stored once) and rebuilds it.
-            if self.outboxes:
-                uid_, data = report_bytes(path, response.json())
-                for outbox in self.outboxes:
-                    outbox.put(uid_, data)
+            self._queue_report(path, response.json())
             self.spool.answered(path)
+            FORWARDED.labels("stored").inc()
             return True
         if response.status_code >= 500 or response.status_code in RETRYABLE:
             log.warning("service answered %s for %s; will retry", response.status_code, uid)
+            FORWARDED.labels("retry").inc()
             return False
         try:
             error = response.json().get("error") or {}
         except ValueError:
             error = {"message": response.text[:500]}
         self.spool.refuse(path, {"status": response.status_code, **error})
+        FORWARDED.labels("refused").inc()
         return True
+
+    def _queue_report(self, path: Path, answer: dict) -> None:
+        """The result goes into every outbox before the source leaves the spool: a crash in between
+        resubmits the instance (the same request, stored once) and rebuilds it. Beside each report
+        goes the record's id, so that its senders can tell the service where it was delivered."""
+        if not self.outboxes:
+            return
+        uid, data = report_bytes(path, answer)
+        for outbox in self.outboxes:
+            queued = outbox.put(uid, data)
+            queued.with_suffix(PREDICTION_SUFFIX).write_text(answer["prediction_id"])
+
+    def report_delivery(self, prediction_id: str, delivery: dict) -> None:
+        """Tell the service where a record's SR went, for its pages; best effort (delivery never waits on it)."""
+        try:
+            self.http.post(f"/api/v1/predictions/{prediction_id}/deliveries", json=delivery, timeout=10)
+        except httpx.HTTPError as exc:
+            log.warning("delivery of %s not reported to the service: %s", prediction_id, exc)
 
     def drain(self) -> int:
         """Submit everything pending once, stopping at the first instance the service did not

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from gateway.metrics import RECEIVED
 from gateway.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,13 @@ SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 
 
 def handle_store(event, spool: Spool) -> int:
-    uid = str(event.request.AffectedSOPInstanceUID)
+    status = _store(str(event.request.AffectedSOPInstanceUID), event, spool)
+    outcome = {SUCCESS: "stored", OUT_OF_RESOURCES: "out_of_resources"}.get(status, "refused")
+    RECEIVED.labels(outcome).inc()
+    return status
+
+
+def _store(uid: str, event, spool: Spool) -> int:
     try:
         spool.put(uid, event.encoded_dataset())  # as received: preamble, file meta and data set
     except SpoolFull:

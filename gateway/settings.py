@@ -16,6 +16,8 @@ class GatewaySettings(BaseSettings):
     allow_ae: list[str] = Field(default_factory=list)
     service_url: str = "http://127.0.0.1:8000"
     send_to: list[str] = Field(default_factory=list)  # AE@host:port destinations for the SR
+    stow_to: list[str] = Field(default_factory=list)  # DICOMweb roots that take the SR by STOW-RS
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus metrics; 0: not served
     api_key_file: str | None = None
     spool: str = "runs/gateway-spool"
     max_spool_bytes: int = Field(default=4 * 1024**3, ge=1024)

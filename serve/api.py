@@ -20,16 +20,34 @@ from serve.authentication import Authenticator, identity_of
 from serve.errors import InputError, NotFound, ServiceError, error_response
 from serve.identity import AUDIT, KEYS, MODEL, PREDICT, READ_OWN, ROLES
 from serve.images import image_response
-from serve.inputs import validate_page, validate_patient_id
+from serve.inputs import NotAnalysed, validate_delivery, validate_page, validate_patient_id
 from serve.prediction import public_record
 from serve.predictions import PredictionService
-from serve.records import IMAGE_KINDS
+from serve.records import IMAGE_KINDS, SaveResult
 from serve.routes import RouteOwner, route
 from serve.uploads import Upload, read_batch, read_upload
 
 OPENAPI = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
 READY_CHECKS = ("model", "database")
 MAX_AUDIT_ENTRIES = 1000
+
+
+async def json_body(request: Request, fields: str = "") -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise InputError(400, "bad_json", f"send a JSON object{': ' + fields if fields else ''}")
+    return body
+
+
+def refuse_conflict(saved: SaveResult) -> None:
+    """409 for a save that names an earlier one of something else (nothing was stored)."""
+    if saved.key_reused:
+        raise ServiceError(409, "idempotency_key_reused", saved.reason, "request_id")
+    if saved.instance_conflict:
+        raise ServiceError(409, "sop_instance_conflict", saved.reason, "image")
 
 
 class Api(RouteOwner):
@@ -73,18 +91,30 @@ class Api(RouteOwner):
 
     async def _predict(self, request: Request, upload: Upload, started: float) -> dict:
         """One upload through check, model and optional save -> its JSON body; typed errors raise."""
-        checked = await self.predictions.check(upload)
-        prediction = await self.predictions.predict_within_deadline(checked, started)
+        try:
+            checked = await self.predictions.check(upload)
+            prediction = await self.predictions.predict_within_deadline(checked, started)
+        except NotAnalysed as refusal:
+            if refusal.request.save:
+                await self._record_not_analysed(request, refusal)
+            raise
         body = prediction.api_body()
         if checked.save:
             saved = await self.predictions.save(prediction, identity_of(request))
-            if saved.key_reused:
-                raise ServiceError(409, "idempotency_key_reused", saved.reason, "request_id")
+            refuse_conflict(saved)
             body["saved"], body["prediction_id"] = saved.saved, saved.prediction_id
             if not saved.saved:
                 body["save_error"] = saved.reason
         body["timings_ms"] = {**prediction.timings_ms, "total": round((time.perf_counter() - started) * 1000, 2)}
         return body
+
+    async def _record_not_analysed(self, request: Request, refusal: NotAnalysed) -> None:
+        """The refusal still answers 422; its body says whether, and as which record, it was kept."""
+        saved = await self.predictions.save_not_analysed(refusal, identity_of(request))
+        refuse_conflict(saved)
+        refusal.details |= {"saved": saved.saved, "prediction_id": saved.prediction_id}
+        if not saved.saved:
+            refusal.details["save_error"] = saved.reason
 
     @route("/api/v1/predictions/{prediction_id}", needs=READ_OWN)
     async def get_prediction(self, request: Request) -> Response:
@@ -92,6 +122,16 @@ class Api(RouteOwner):
         if record is None:
             raise NotFound("no such prediction")
         return JSONResponse(public_record(record))
+
+    @route("/api/v1/predictions/{prediction_id}/deliveries", "POST", needs=PREDICT)
+    async def report_delivery(self, request: Request) -> Response:
+        """Where the gateway delivered this record's SR; only a caller who may read the record reports it."""
+        delivery = validate_delivery(await json_body(request))
+        if not await self.store.record_delivery.remote(
+            request.path_params["prediction_id"], delivery, identity_of(request)
+        ):
+            raise NotFound("no such prediction")
+        return Response(status_code=204)
 
     @route("/api/v1/predictions/{prediction_id}/image", needs=READ_OWN)
     async def get_image(self, request: Request) -> Response:
@@ -171,12 +211,7 @@ class Api(RouteOwner):
 
     @route("/api/v1/keys", "POST", needs=KEYS)
     async def create_key(self, request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise InputError(400, "bad_json", "send a JSON object: name, role, rate_limit_per_minute")
+        body = await json_body(request, "name, role, rate_limit_per_minute")
         name, role, limit = body.get("name"), body.get("role", "clinician"), body.get("rate_limit_per_minute")
         if not isinstance(name, str) or not 1 <= len(name) <= 100 or role not in ROLES:
             raise InputError(400, "bad_key", f"name is 1-100 characters, role one of {ROLES}", "name")

@@ -21,7 +21,19 @@ from pymongo.errors import DuplicateKeyError
 from serve.identity import Identity
 
 AUDIT = "audit"
-ACTIONS = ("create", "view", "export", "search", "login", "logout", "denied", "audit_read", "key_create", "key_revoke")
+ACTIONS = (
+    "create",
+    "view",
+    "export",
+    "search",
+    "login",
+    "logout",
+    "denied",
+    "audit_read",
+    "key_create",
+    "key_revoke",
+    "delivery",
+)
 
 
 CHAIN = "main"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cxr_model.dicom import header_patient_id
+from cxr_model.dicom import DicomIdentifiers, header_patient_id, read_identifiers
 from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_export, resize_levels, sniff_format
 from serve.errors import InputError, InvalidRequest
 
@@ -31,6 +31,7 @@ _DECODE_STATUS = {
     "dicom_no_pixels": 422,
     "dicom_modality": 422,
     "dicom_not_chest": 422,
+    "dicom_not_frontal": 422,
     "dicom_not_greyscale": 422,
     "dicom_inconsistent": 422,
     "trailing_data": 422,
@@ -57,6 +58,31 @@ def validate_request_id(value) -> str | None:
     if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
         raise InputError(400, "bad_request_id", "request_id must be 8-128 letters, digits or ._:-", "request_id")
     return value
+
+
+DELIVERY_STATUSES = ("delivered", "retrying", "dead_letter")
+UID = re.compile(r"^(?=.{1,64}$)[0-9]+(\.[0-9]+)*$")  # DICOM UIDs: digits and dots, at most 64 characters
+
+
+def validate_delivery(body: dict) -> dict:
+    """A gateway's report on one SR delivery: destination, status, attempts, and optionally the SR's UID
+    and the last error. Only these fields are kept."""
+    destination, status, attempts = body.get("destination"), body.get("status"), body.get("attempts")
+    report_uid, error = body.get("report_uid"), body.get("error")
+    if not isinstance(destination, str) or not 1 <= len(destination) <= 200 or not destination.isprintable():
+        raise InputError(400, "bad_delivery", "destination is 1-200 printable characters", "destination")
+    if status not in DELIVERY_STATUSES:
+        raise InputError(400, "bad_delivery", f"status is one of {DELIVERY_STATUSES}", "status")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= 1000:
+        raise InputError(400, "bad_delivery", "attempts is a whole number from 0 to 1000", "attempts")
+    if report_uid is not None and not (
+        isinstance(report_uid, str) and len(report_uid) <= 64 and UID.fullmatch(report_uid)
+    ):
+        raise InputError(400, "bad_delivery", "report_uid is a DICOM UID", "report_uid")
+    if error is not None and not (isinstance(error, str) and len(error) <= 500):
+        raise InputError(400, "bad_delivery", "error is at most 500 characters", "error")
+    delivery = {"destination": destination, "status": status, "attempts": attempts}
+    return delivery | {k: v for k, v in (("report_uid", report_uid), ("error", error)) if v is not None}
 
 
 MAX_PAGE = 100_000  # far past any patient's history, and the skip it implies fits the database's integers
@@ -114,8 +140,29 @@ class PredictionRequest:
     explain: bool
     save: bool
     data: bytes
-    original: Image.Image
+    original: Image.Image | None  # None only in a ``NotAnalysed`` refusal: the image was never decoded
     filename: str | None = None
+    dicom: DicomIdentifiers | None = None  # a DICOM upload's identifiers (study, series, instance, ...)
+
+
+# Refusals of a sound radiograph that the model does not read. A DICOM instance refused for one of
+# these is still recorded (as not analysed, with the reason) when saving was asked for: it came from
+# the PACS with its identifiers, and the worklist must show it was seen and why it has no result.
+NOT_ANALYSED_REASONS = ("dicom_not_chest", "dicom_not_frontal", "out_of_scope")
+
+
+class NotAnalysed(InvalidRequest):
+    """An instance refused for a ``NOT_ANALYSED_REASONS`` reason, with the request it came in."""
+
+    def __init__(self, errors: list[InputError], request: PredictionRequest):
+        super().__init__(errors)
+        self.request = request
+
+    @staticmethod
+    def applies(errors: list[InputError], identifiers: DicomIdentifiers | None) -> bool:
+        return bool(
+            identifiers and identifiers.sop_instance_uid and len(errors) == 1 and errors[0].code in NOT_ANALYSED_REASONS
+        )
 
 
 def flag(value) -> bool:
@@ -138,17 +185,22 @@ def check_request(fields: dict, data: bytes | None, max_pixels: int, filename: s
             values[name] = check()
         except InputError as exc:
             errors.append(exc)
-    if errors:
-        raise InvalidRequest(errors)
-    return PredictionRequest(
-        values["patient_id"],
-        values["request_id"],
-        values["explain"],
+    identifiers = read_identifiers(data) if data else None
+    request = PredictionRequest(
+        values.get("patient_id", ""),
+        values.get("request_id", ""),
+        values.get("explain", False),
         flag(fields.get("save", "")),
         data,
-        values["image"],
+        values.get("image"),
         filename,
+        identifiers,
     )
+    if NotAnalysed.applies(errors, identifiers):
+        raise NotAnalysed(errors, request)
+    if errors:
+        raise InvalidRequest(errors)
+    return request
 
 
 def choose_patient_id(typed: str, in_header: str | None, confirmed: bool) -> str:

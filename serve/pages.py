@@ -31,7 +31,7 @@ from serve.images import (
     jpeg,
 )
 from serve.inputs import MAX_PAGE, validate_page, validate_patient_id
-from serve.prediction import Prediction, public_record
+from serve.prediction import ANALYSED, Prediction, public_record
 from serve.predictions import PredictionService
 from serve.records import IMAGE_KINDS, SaveResult
 from serve.routes import RouteOwner, route
@@ -48,6 +48,21 @@ UNAVAILABLE = {
     "timeout": "The prediction took too long. Try again in a few seconds.",
 }
 KEY_REUSED = "This form was already used to save another image or patient. Reload the page and try again."
+INSTANCE_CONFLICT = (
+    "A different image or patient is already stored under this DICOM file's SOP Instance UID. "
+    "Check the file with the PACS administrator before saving it."
+)
+
+
+def save_conflict(saved: SaveResult | None) -> str | None:
+    """Why a save stored nothing because it names an earlier save of something else, if it does."""
+    if saved is not None and saved.key_reused:
+        return KEY_REUSED
+    if saved is not None and saved.instance_conflict:
+        return INSTANCE_CONFLICT
+    return None
+
+
 NOT_HELD = (
     "This prediction is no longer held for saving (results are kept for 15 minutes). "
     "Choose the image again and tick 'Save to record'."
@@ -200,8 +215,8 @@ class Pages(RouteOwner):
             response.headers.update(exc.headers())
             return response
         saved = await self.predictions.save(prediction, identity_of(request)) if checked.save else None
-        if saved is not None and saved.key_reused:
-            return await self._error_page(request, 409, upload.fields, {"form": KEY_REUSED})
+        if conflict := save_conflict(saved):
+            return await self._error_page(request, 409, upload.fields, {"form": conflict})
         if not (saved and saved.saved):
             self.held.put(checked.request_id, prediction, held_size(prediction, checked.data))
         return await self._show_result(request, prediction, saved)
@@ -225,8 +240,8 @@ class Pages(RouteOwner):
             return await self._error_page(request, 409, {}, {"form": NOT_HELD})
         # Kept after saving: a repeated click saves nothing new (the request id is the record's key).
         saved = await self.predictions.save(prediction, identity_of(request))
-        if saved.key_reused:
-            return await self._error_page(request, 409, {}, {"form": KEY_REUSED})
+        if conflict := save_conflict(saved):
+            return await self._error_page(request, 409, {}, {"form": conflict})
         return await self._show_result(request, prediction, saved)
 
     # -- stored predictions --------------------------------------------------------------------------
@@ -246,10 +261,12 @@ class Pages(RouteOwner):
         record["images"] = {
             kind: f"/predictions/{record['prediction_id']}/image?kind={kind}" for kind in record["images"]
         }
-        model = record["model"]
-        rows = probability_rows(
-            record["probabilities"], model["labels"], model.get("thresholds"), record.get("positives")
-        )
+        rows = []
+        if record["status"] == ANALYSED:
+            model = record["model"]
+            rows = probability_rows(
+                record["probabilities"], model["labels"], model.get("thresholds"), record.get("positives")
+            )
         return await self._page(request, "prediction.html", None, record=record, rows=rows)
 
     @route("/predictions/{prediction_id}/image", needs=READ_OWN)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve.errors import InputError
 from serve.identity import Identity
 from serve.inputs import PredictionRequest
 from serve.model_results import ModelOutput
@@ -52,19 +53,37 @@ class Prediction:
 
     def record(self, actor: Identity) -> dict:
         """The stored record, without its files (the store adds those)."""
-        fingerprint = request_fingerprint(self.request.patient_id, self.request.data)
-        return self._result() | {
-            "created_at": now(),
-            "created_by": actor.name,
-            "created_by_key": actor.owner,
-            "request_fingerprint": fingerprint,
-        }
+        return self._result() | {"status": ANALYSED} | provenance(self.request, actor)
 
     def api_body(self) -> dict:
         body = self._result() | {"batch_size": self.output.batch_size, "saved": False, "prediction_id": None}
         if self.gradcam_label is not None:
             body["gradcam_label"] = self.gradcam_label
         return body
+
+
+ANALYSED, NOT_ANALYSED = "analysed", "not_analysed"  # a record's status; records before it are analysed
+
+
+def provenance(request: PredictionRequest, actor: Identity) -> dict:
+    """What every record carries: who sent what, when, and a DICOM instance's identifiers."""
+    dicom = {"dicom": request.dicom.to_dict()} if request.dicom else {}
+    return {
+        "request_id": request.request_id,
+        "patient_id": request.patient_id,
+        "created_at": now(),
+        "created_by": actor.name,
+        "created_by_key": actor.owner,
+        "request_fingerprint": request_fingerprint(request.patient_id, request.data),
+    } | dicom
+
+
+def not_analysed_record(request: PredictionRequest, error: InputError, actor: Identity) -> dict:
+    """A received instance the model did not read: no probabilities, only the reason."""
+    reason = {"code": error.code, "message": str(error)} | (
+        {"reason": error.details["reason"]} if "reason" in error.details else {}
+    )
+    return {"status": NOT_ANALYSED, "not_analysed": reason} | provenance(request, actor)
 
 
 INTERNAL_FIELDS = ("_id", "files", "created_by_key", "request_fingerprint")
@@ -75,11 +94,15 @@ def public_record(record: dict) -> dict:
     out = {k: v for k, v in record.items() if k not in INTERNAL_FIELDS}
     out["prediction_id"] = record["_id"]
     out["created_at"] = record["created_at"].isoformat()
+    out["status"] = record.get("status", ANALYSED)
     out["images"] = {kind: f"/api/v1/predictions/{record['_id']}/image?kind={kind}" for kind in view_kinds(record)}
     return out
 
 
 def view_kinds(record: dict) -> list[str]:
-    """The pictures a record can be shown as: the original, annotated, and Grad-CAM when it was asked for."""
+    """The pictures a record can be shown as: the original, annotated, and Grad-CAM when it was asked for.
+    A record not analysed has none: its file is kept as received, and may not even be decodable."""
+    if record.get("status") == NOT_ANALYSED:
+        return []
     files = record["files"]
     return ["original", "annotated"] + (["gradcam"] if "heatmap" in files or "gradcam" in files else [])

@@ -19,10 +19,10 @@ from cxr_model.scope import ImageLimits, ScopeVerdict, check_image
 from serve.errors import InputError, InvalidRequest, Unavailable
 from serve.identity import Identity
 from serve.images import ViewCache, render_view, stored_images
-from serve.inputs import PredictionRequest, check_request, model_levels
+from serve.inputs import NotAnalysed, PredictionRequest, check_request, model_levels
 from serve.metrics import IngressMetrics
 from serve.model_results import InputSizeMismatch, OutOfScope
-from serve.prediction import Prediction
+from serve.prediction import Prediction, not_analysed_record
 from serve.records import SaveResult
 from serve.retry import REPLICA_GONE, within_deadline
 from serve.settings import ServeSettings
@@ -59,7 +59,7 @@ class PredictionService:
     def reject(self, error: InputError) -> None:
         self.metrics.rejected.inc(tags={"reason": error.code})
 
-    def _out_of_scope(self, verdict: ScopeVerdict) -> InvalidRequest:
+    def _out_of_scope(self, verdict: ScopeVerdict, request: PredictionRequest) -> InvalidRequest:
         self.metrics.out_of_scope.inc(tags={"reason": verdict.reason})
         error = InputError(
             422,
@@ -69,6 +69,8 @@ class PredictionService:
             {"reason": verdict.reason, "measures": verdict.measures or {}},
         )
         self.reject(error)
+        if NotAnalysed.applies([error], request.dicom):
+            return NotAnalysed([error], request)
         return InvalidRequest([error])
 
     async def _levels(self, request: PredictionRequest, refresh: bool = False):
@@ -84,7 +86,7 @@ class PredictionService:
         decoded = time.perf_counter()
         self.metrics.stage_seconds.observe(decoded - started, tags={"stage": "decode"})
         if not verdict.in_scope:  # refused before the model runs
-            raise self._out_of_scope(verdict)
+            raise self._out_of_scope(verdict, request)
         try:
             try:
                 output = await self.classifier.predict.remote(gray)
@@ -99,7 +101,7 @@ class PredictionService:
                 self.settings.retry_after_model_changing_s,
             ) from exc
         except OutOfScope as exc:  # refused by the checkpoint's feature gate
-            raise self._out_of_scope(exc.verdict) from None
+            raise self._out_of_scope(exc.verdict, request) from None
         inferred = time.perf_counter()
         self.metrics.stage_seconds.observe(inferred - decoded, tags={"stage": "inference"})
         prediction = Prediction(
@@ -146,6 +148,11 @@ class PredictionService:
         saved = await self.store.save.remote(prediction.record(actor), images, actor)
         self.metrics.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
         return saved
+
+    async def save_not_analysed(self, refusal: NotAnalysed, actor: Identity) -> SaveResult:
+        """Record a DICOM instance the model does not read, with why; its file is kept as received."""
+        record = not_analysed_record(refusal.request, refusal.errors[0], actor)
+        return await self.store.save.remote(record, {"original": refusal.request.data}, actor)
 
     async def view(self, prediction_id: str, kind: str, actor: Identity) -> bytes | None:
         """A stored record's picture, drawn at most once per Ingress replica while it stays cached.

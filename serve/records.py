@@ -52,9 +52,14 @@ class SaveResult:
     duplicate: bool = False  # the request id was stored before, for the same payload: this is that record
     reason: str | None = None  # why it was not saved
     key_reused: bool = False  # the caller's request id names an earlier save of another payload
+    instance_conflict: bool = False  # the SOP Instance UID is stored for another patient or image
 
 
 KEY_REUSED = SaveResult(False, reason="this request_id was used before for another patient or image", key_reused=True)
+INSTANCE_CONFLICT = SaveResult(
+    False, reason="this SOP Instance UID is stored for another patient or image", instance_conflict=True
+)
+SOP_INSTANCE_UID = "dicom.sop_instance_uid"
 
 
 def request_fingerprint(patient_id: str, original: bytes) -> str:
@@ -64,18 +69,32 @@ def request_fingerprint(patient_id: str, original: bytes) -> str:
 
 PREDICTION_SCHEMA = {
     "bsonType": "object",
-    "required": [
-        "_id",
-        "request_id",
-        "patient_id",
-        "created_at",
-        "probabilities",
-        "top_label",
-        "confidence",
-        "model",
-        "files",
+    "required": ["_id", "request_id", "patient_id", "created_at", "files"],
+    # Analysed: the model's answer is all there. Not analysed: no answer, and the reason why.
+    "anyOf": [
+        {"required": ["probabilities", "top_label", "confidence", "model"]},
+        {"required": ["status", "not_analysed"], "properties": {"status": {"enum": ["not_analysed"]}}},
     ],
     "properties": {
+        "status": {"enum": ["analysed", "not_analysed"]},
+        "not_analysed": {"bsonType": "object", "required": ["code", "message"]},
+        # A DICOM instance's identifiers, as its header states them (cxr_model.dicom.DicomIdentifiers).
+        "dicom": {
+            "bsonType": "object",
+            "properties": {
+                name: {"bsonType": "string", "maxLength": 64}
+                for name in (
+                    "study_instance_uid",
+                    "series_instance_uid",
+                    "sop_instance_uid",
+                    "sop_class_uid",
+                    "accession_number",
+                    "modality",
+                    "body_part_examined",
+                    "view_position",
+                )
+            },
+        },
         "_id": {"bsonType": "string"},
         "request_id": {"bsonType": "string"},
         "created_by_key": {"bsonType": "string"},
@@ -101,6 +120,7 @@ PREDICTION_SCHEMA = {
             ],
         },
         "files": {"bsonType": "object", "required": ["original"]},
+        "deliveries": {"bsonType": "array", "items": {"bsonType": "object", "required": ["destination", "status"]}},
     },
 }
 
@@ -134,6 +154,16 @@ class PredictionRecords:
             [("created_by_key", ASCENDING), ("request_id", ASCENDING)], unique=True, name="request_id_per_caller"
         )
         collection.create_index([("patient_id", ASCENDING), ("created_at", DESCENDING)], name="patient_recent")
+        # One record per DICOM instance, whoever sends it (the gateway, STOW-RS, an upload): a PACS
+        # resending an instance gets the record it has. Records without a SOP Instance UID are not indexed.
+        collection.create_index(
+            [(SOP_INSTANCE_UID, ASCENDING)],
+            unique=True,
+            partialFilterExpression={SOP_INSTANCE_UID: {"$exists": True}},
+            name="sop_instance_unique",
+        )
+        collection.create_index([("dicom.study_instance_uid", ASCENDING)], name="study")
+        collection.create_index([("dicom.accession_number", ASCENDING)], name="accession")
         self.db["images.files"].create_index([("uploadDate", ASCENDING)], name="upload_date")
         self._schema_ready = True
 
@@ -145,14 +175,18 @@ class PredictionRecords:
             return False
 
     def _existing(self, record: dict) -> SaveResult | None:
-        """The earlier save of this caller's request id: the same payload (a retry) or a reused key."""
-        existing = self.db[PREDICTIONS].find_one(
-            {"created_by_key": record["created_by_key"], "request_id": record["request_id"]}
-        )
+        """The earlier save of this caller's request id, or of this DICOM instance by anyone: the same
+        payload (a retry, a resend) or a conflict (a reused key; another image under the same UID)."""
+        collection = self.db[PREDICTIONS]
+        existing = collection.find_one({"created_by_key": record["created_by_key"], "request_id": record["request_id"]})
+        conflict = KEY_REUSED
+        uid = record.get("dicom", {}).get("sop_instance_uid")
+        if existing is None and uid is not None:
+            existing, conflict = collection.find_one({SOP_INSTANCE_UID: uid}), INSTANCE_CONFLICT
         if existing is None:
             return None
         if existing.get("request_fingerprint") != record["request_fingerprint"]:
-            return KEY_REUSED
+            return conflict
         return SaveResult(True, existing["_id"], duplicate=True)
 
     def save(self, record: dict, images: dict[str, bytes]) -> SaveResult:
@@ -204,14 +238,29 @@ class PredictionRecords:
         query = {"_id": prediction_id} | ({"created_by_key": owner} if owner is not None else {})
         return self.db[PREDICTIONS].find_one(query)
 
+    def record_delivery(self, prediction_id: str, delivery: dict) -> bool:
+        """One destination's latest delivery state replaces its earlier one (a list: destinations hold
+        dots and colons, which field names cannot)."""
+        entry = delivery | {"at": now().isoformat()}
+        collection = self.db[PREDICTIONS]
+        found = collection.update_one(
+            {"_id": prediction_id}, {"$pull": {"deliveries": {"destination": delivery["destination"]}}}
+        )
+        if found.matched_count == 0:
+            return False
+        collection.update_one({"_id": prediction_id}, {"$push": {"deliveries": entry}})
+        return True
+
     def image(self, prediction_id: str, kind: str, record: dict | None = None) -> bytes | None:
         record = record or self.get(prediction_id)
-        if record is None or kind not in record["files"]:
+        if record is None or kind not in record["files"] or record.get("status") == "not_analysed":
             return None
         return self.files.get(record["files"][kind]).read()
 
     def view_source(self, record: dict, kind: str, read: bool = True) -> ViewSource | None:
         """How to serve picture ``kind`` of a record; ``read=False`` only says whether it exists."""
+        if record.get("status") == "not_analysed":
+            return None  # kept as received, never drawn (it may not even decode)
         files = record["files"]
         if kind in files:
             return ViewSource(kind, self.files.get(files[kind]).read() if read else None)

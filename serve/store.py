@@ -103,6 +103,17 @@ class ResultStore:
             self._log(actor, f"export {kind}", prediction_id, record["patient_id"])
         return data
 
+    def record_delivery(self, prediction_id: str, delivery: dict, actor: Identity) -> bool:
+        """The gateway's report on one SR delivery; False when the caller may not see this record."""
+        record = self.records.get(prediction_id, self._owner(actor))
+        if record is None or not self.records.record_delivery(prediction_id, delivery):
+            return False
+        detail = f"{delivery['status']} to {delivery['destination']}"
+        self.audit.record(
+            actor, "delivery", prediction_id=prediction_id, patient_id=record["patient_id"], detail=detail
+        )
+        return True
+
     def thumbnail_source(self, prediction_id: str, actor: Identity) -> bytes | None:
         """The original for a search-result thumbnail: covered by the search's audit entry."""
         record = self.records.get(prediction_id, self._owner(actor))

@@ -40,6 +40,7 @@ FIELD_MESSAGES = {
     "dicom_no_pixels": "This DICOM file holds no image.",
     "dicom_modality": "This DICOM file is not a radiograph (CR or DX).",
     "dicom_not_chest": "The DICOM header names another body part, not the chest.",
+    "dicom_not_frontal": "The DICOM header names a lateral or oblique view; only frontal (PA or AP) films are read.",
     "dicom_unsupported_syntax": "This DICOM file's compression cannot be decoded here. Export it uncompressed.",
     "dicom_not_greyscale": "This DICOM image is not greyscale.",
     "patient_id_mismatch": "This DICOM file names another Patient ID. Check the patient; to use the typed ID, "
@@ -120,6 +121,22 @@ def card_summary(model: dict) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in fields if v]
 
 
+DICOM_NAMES = (
+    ("accession_number", "Accession Number"),
+    ("study_instance_uid", "Study Instance UID"),
+    ("series_instance_uid", "Series Instance UID"),
+    ("sop_instance_uid", "SOP Instance UID"),
+    ("modality", "Modality"),
+    ("body_part_examined", "Body Part Examined"),
+    ("view_position", "View Position"),
+)
+
+
+def dicom_rows(dicom: dict | None) -> list[tuple[str, str]]:
+    """A record's DICOM identifiers under their DICOM attribute names, as a PACS administrator knows them."""
+    return [(name, dicom[key]) for key, name in DICOM_NAMES if (dicom or {}).get(key)]
+
+
 def headline_metrics(metrics: dict) -> list[tuple[str, str]]:
     """Test-split figures from a model card's metrics, with 95% CIs where recorded."""
     test = metrics.get("test") or {}
@@ -175,6 +192,7 @@ class PageRenderer:
             fields=FORM_FIELDS,
             probability_rows=probability_rows,
             card_summary=card_summary,
+            dicom_rows=dicom_rows,
         )
 
     def render(self, template: str, **context) -> str:

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from cxr_model.structured_report import build_report
-from gateway.delivery import Destination, Sender, dead_letters, outboxes
+from gateway.delivery import Destination, dead_letters, make_sender, outboxes
 from tests.helpers import OrthancServer, free_port, skip_or_fail_in_ci, study_instance
 from training.synthetic import render_chest
 
@@ -47,7 +47,7 @@ def test_an_sr_is_stored_into_a_real_pacs_and_leaves_the_outbox(tmp_path):
         (outbox,) = outboxes(tmp_path / "spool", [destination], 10 * 1024**2).values()
         uid, data = report_file(1)
         outbox.put(uid, data)
-        assert Sender("CXR_AI", destination, outbox).drain() == 1 and outbox.waiting() == []
+        assert make_sender("CXR_AI", destination, outbox).drain() == 1 and outbox.waiting() == []
         (found,) = httpx.post(f"{orthanc.url}/tools/lookup", content=uid).json()
         assert found["Type"] == "Instance"
     finally:
@@ -59,7 +59,7 @@ def test_an_unreachable_pacs_is_retried_then_listed_as_a_dead_letter(tmp_path):
     (outbox,) = outboxes(tmp_path / "spool", [destination], 10 * 1024**2).values()
     uid, data = report_file(2)
     outbox.put(uid, data)
-    sender = Sender("CXR_AI", destination, outbox, max_attempts=2)
+    sender = make_sender("CXR_AI", destination, outbox, max_attempts=2)
     assert sender.drain() == 0 and len(outbox.waiting()) == 1  # first failure: kept for a retry
     assert sender.drain() == 0 and outbox.waiting() == []  # the last attempt: filed, not dropped
     (letter,) = dead_letters(tmp_path / "spool")
