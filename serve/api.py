@@ -20,10 +20,10 @@ from serve.authentication import Authenticator, identity_of
 from serve.errors import InputError, NotFound, ServiceError, error_response
 from serve.identity import AUDIT, KEYS, MODEL, PREDICT, READ_OWN, ROLES
 from serve.images import image_response
-from serve.inputs import NotAnalysed, validate_delivery, validate_page, validate_patient_id
+from serve.inputs import validate_delivery, validate_page, validate_patient_id
 from serve.prediction import public_record
 from serve.predictions import PredictionService
-from serve.records import IMAGE_KINDS, SaveResult
+from serve.records import IMAGE_KINDS
 from serve.routes import RouteOwner, route
 from serve.uploads import Upload, read_batch, read_upload
 
@@ -40,14 +40,6 @@ async def json_body(request: Request, fields: str = "") -> dict:
     if not isinstance(body, dict):
         raise InputError(400, "bad_json", f"send a JSON object{': ' + fields if fields else ''}")
     return body
-
-
-def refuse_conflict(saved: SaveResult) -> None:
-    """409 for a save that names an earlier one of something else (nothing was stored)."""
-    if saved.key_reused:
-        raise ServiceError(409, "idempotency_key_reused", saved.reason, "request_id")
-    if saved.instance_conflict:
-        raise ServiceError(409, "sop_instance_conflict", saved.reason, "image")
 
 
 class Api(RouteOwner):
@@ -90,31 +82,7 @@ class Api(RouteOwner):
             return {"status": exc.status, **exc.to_json(), **retry}
 
     async def _predict(self, request: Request, upload: Upload, started: float) -> dict:
-        """One upload through check, model and optional save -> its JSON body; typed errors raise."""
-        try:
-            checked = await self.predictions.check(upload)
-            prediction = await self.predictions.predict_within_deadline(checked, started)
-        except NotAnalysed as refusal:
-            if refusal.request.save:
-                await self._record_not_analysed(request, refusal)
-            raise
-        body = prediction.api_body()
-        if checked.save:
-            saved = await self.predictions.save(prediction, identity_of(request))
-            refuse_conflict(saved)
-            body["saved"], body["prediction_id"] = saved.saved, saved.prediction_id
-            if not saved.saved:
-                body["save_error"] = saved.reason
-        body["timings_ms"] = {**prediction.timings_ms, "total": round((time.perf_counter() - started) * 1000, 2)}
-        return body
-
-    async def _record_not_analysed(self, request: Request, refusal: NotAnalysed) -> None:
-        """The refusal still answers 422; its body says whether, and as which record, it was kept."""
-        saved = await self.predictions.save_not_analysed(refusal, identity_of(request))
-        refuse_conflict(saved)
-        refusal.details |= {"saved": saved.saved, "prediction_id": saved.prediction_id}
-        if not saved.saved:
-            refusal.details["save_error"] = saved.reason
+        return await self.predictions.answer(upload, identity_of(request), started)
 
     @route("/api/v1/predictions/{prediction_id}", needs=READ_OWN)
     async def get_prediction(self, request: Request) -> Response:

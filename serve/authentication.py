@@ -1,7 +1,8 @@
 """Who is calling, and whether they may: identity from a bearer key, a page session or an SSO proxy.
 
-- JSON API (``/api/...``): ``Authorization: Bearer cxr_<id>_<secret>``. A session cookie is never
-  taken there, so a browser's session cannot be ridden by a cross-site request to the API.
+- JSON API (``/api/...``, STOW-RS and FHIR beside it): ``Authorization: Bearer cxr_<id>_<secret>``.
+  A session cookie is never taken there, so a browser's session cannot be ridden by a cross-site
+  request to the API.
 - Pages: a server-side session (``serve.sessions``) started at ``/login`` with an API key.
 - ``proxy`` mode: an SSO reverse proxy's identity header, believed only with the proxy's shared
   secret (and from ``trusted_proxies``). Such a request to the API that is cross-site (the browser
@@ -45,8 +46,11 @@ MAX_CACHED = 10_000
 _PROXY_USER = re.compile(r"^[A-Za-z0-9._@+-]{1,128}$")
 
 
+MACHINE_PREFIXES = ("/api/", "/dicomweb/", "/fhir/")  # bearer keys only; refusals as JSON, never a login page
+
+
 def is_api(path: str) -> bool:
-    return path.startswith("/api/")
+    return path.startswith(MACHINE_PREFIXES)
 
 
 class RefusedCredentials(Exception):

@@ -1,9 +1,9 @@
 """``Ingress``: the Starlette app in front of the classifier and the store.
 
-It assembles the JSON API (``serve.api``) and the pages (``serve.pages``) from their declared
-routes, the static files, the security headers, and one rendering per error type. Uploads are
-decoded and validated here (never in the batch), then sent to ``BatchedClassifier`` as grey levels
-at the model's input size.
+It assembles the JSON API (``serve.api``), the pages (``serve.pages``), STOW-RS (``serve.dicomweb``)
+and FHIR (``serve.fhir``) from their declared routes, the static files, the security headers, and
+one rendering per error type. Uploads are decoded and validated here (never in the batch), then
+sent to ``BatchedClassifier`` as grey levels at the model's input size.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from starlette.staticfiles import StaticFiles
 
 from serve.api import Api
 from serve.authentication import Authenticator, refusal
+from serve.dicomweb import DicomWeb
 from serve.errors import Unavailable
+from serve.fhir import Fhir
 from serve.pages import Pages
 from serve.predictions import PredictionService
 from serve.routes import build_routes
@@ -39,9 +41,12 @@ class Ingress:
         self.authenticator = Authenticator(settings, store)
         self.api = Api(self.predictions, store, self.authenticator)
         self.pages = Pages(self.predictions, store, self.authenticator)
+        self.dicomweb = DicomWeb(self.predictions, self.authenticator)
+        self.fhir = Fhir(self.predictions, store)
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        routes = build_routes(self.api, self.authenticator) + build_routes(self.pages, self.authenticator)
+        owners = (self.api, self.pages, self.dicomweb, self.fhir)
+        routes = [route for owner in owners for route in build_routes(owner, self.authenticator)]
         return Starlette(
             routes=routes + [Mount("/static", StaticFiles(directory=STATIC_DIR))],
             exception_handlers={PyMongoError: self.database_unavailable, BackPressureError: self.busy},

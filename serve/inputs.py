@@ -61,6 +61,7 @@ def validate_request_id(value) -> str | None:
 
 
 DELIVERY_STATUSES = ("delivered", "retrying", "dead_letter")
+DESTINATION = re.compile(r"^[\x20-\x7e]{1,200}$")  # AE@host:port or a URL
 UID = re.compile(r"^(?=.{1,64}$)[0-9]+(\.[0-9]+)*$")  # DICOM UIDs: digits and dots, at most 64 characters
 
 
@@ -69,10 +70,12 @@ def validate_delivery(body: dict) -> dict:
     and the last error. Only these fields are kept."""
     destination, status, attempts = body.get("destination"), body.get("status"), body.get("attempts")
     report_uid, error = body.get("report_uid"), body.get("error")
-    if not isinstance(destination, str) or not 1 <= len(destination) <= 200 or not destination.isprintable():
-        raise InputError(400, "bad_delivery", "destination is 1-200 printable characters", "destination")
+    if not isinstance(destination, str) or not DESTINATION.fullmatch(destination):
+        raise InputError(400, "bad_delivery", "destination is 1-200 printable ASCII characters", "destination")
     if status not in DELIVERY_STATUSES:
         raise InputError(400, "bad_delivery", f"status is one of {DELIVERY_STATUSES}", "status")
+    if isinstance(attempts, float) and attempts.is_integer():  # JSON does not tell 3 from 3.0
+        attempts = int(attempts)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= 1000:
         raise InputError(400, "bad_delivery", "attempts is a whole number from 0 to 1000", "attempts")
     if report_uid is not None and not (

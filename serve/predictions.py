@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cxr_model.checkpoint import ModelCard
 from cxr_model.scope import ImageLimits, ScopeVerdict, check_image
-from serve.errors import InputError, InvalidRequest, Unavailable
+from serve.errors import InputError, InvalidRequest, ServiceError, Unavailable
 from serve.identity import Identity
 from serve.images import ViewCache, render_view, stored_images
 from serve.inputs import NotAnalysed, PredictionRequest, check_request, model_levels
@@ -27,6 +27,14 @@ from serve.records import SaveResult
 from serve.retry import REPLICA_GONE, within_deadline
 from serve.settings import ServeSettings
 from serve.uploads import Upload
+
+
+def refuse_conflict(saved: SaveResult) -> None:
+    """409 for a save that names an earlier one of something else (nothing was stored)."""
+    if saved.key_reused:
+        raise ServiceError(409, "idempotency_key_reused", saved.reason, "request_id")
+    if saved.instance_conflict:
+        raise ServiceError(409, "sop_instance_conflict", saved.reason, "image")
 
 
 class PredictionService:
@@ -148,6 +156,33 @@ class PredictionService:
         saved = await self.store.save.remote(prediction.record(actor), images, actor)
         self.metrics.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
         return saved
+
+    async def answer(self, upload: Upload, actor: Identity, started: float) -> dict:
+        """One upload through check, model and optional save -> the API's JSON body; typed errors raise."""
+        try:
+            checked = await self.check(upload)
+            prediction = await self.predict_within_deadline(checked, started)
+        except NotAnalysed as refusal:
+            if refusal.request.save:
+                await self._record_not_analysed(refusal, actor)
+            raise
+        body = prediction.api_body()
+        if checked.save:
+            saved = await self.save(prediction, actor)
+            refuse_conflict(saved)
+            body["saved"], body["prediction_id"] = saved.saved, saved.prediction_id
+            if not saved.saved:
+                body["save_error"] = saved.reason
+        body["timings_ms"] = {**prediction.timings_ms, "total": round((time.perf_counter() - started) * 1000, 2)}
+        return body
+
+    async def _record_not_analysed(self, refusal: NotAnalysed, actor: Identity) -> None:
+        """The refusal still answers 422; its body says whether, and as which record, it was kept."""
+        saved = await self.save_not_analysed(refusal, actor)
+        refuse_conflict(saved)
+        refusal.details |= {"saved": saved.saved, "prediction_id": saved.prediction_id}
+        if not saved.saved:
+            refusal.details["save_error"] = saved.reason
 
     async def save_not_analysed(self, refusal: NotAnalysed, actor: Identity) -> SaveResult:
         """Record a DICOM instance the model does not read, with why; its file is kept as received."""

@@ -63,6 +63,8 @@ def make_dicom(
     ds.PatientID, ds.PatientName, ds.Modality = patient_id, "Doe^Jane", modality
     if body_part is not None:
         ds.BodyPartExamined = body_part
+    if flags.get("view_position"):
+        ds.ViewPosition = flags["view_position"]
     rows, columns = declared_shape or pixels.shape
     ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
     ds.PhotometricInterpretation = photometric

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -79,6 +82,8 @@ def torch_finite(x) -> bool:
         ({"with_pixels": False}, "dicom_no_pixels"),
         ({"modality": "CT"}, "dicom_modality"),
         ({"body_part": "KNEE"}, "dicom_not_chest"),
+        ({"view_position": "LL"}, "dicom_not_frontal"),
+        ({"view_position": "LATERAL"}, "dicom_not_frontal"),
         ({"syntax": "1.2.840.10008.1.2.4.100"}, "dicom_unsupported_syntax"),  # MPEG2: no decoder
         ({"declared_shape": (60_000, 60_000)}, "too_many_pixels"),
         ({"photometric": "RGB"}, "dicom_not_greyscale"),
@@ -159,3 +164,37 @@ def test_a_codestream_of_another_size_than_its_header_is_refused():
     with pytest.raises(ImageDecodeError) as caught:
         open_image(data, MAX)
     assert caught.value.reason == "dicom_inconsistent"
+
+
+@pytest.mark.parametrize("view", ["PA", "AP", "pa", None])
+def test_frontal_or_unstated_views_are_read(view):
+    image, header = decode(make_dicom(ramp(12), bits_stored=12, view_position=view), MAX)
+    assert header.modality == "DX" and image.size == (ramp(12).shape[1], ramp(12).shape[0])
+
+
+def test_identifiers_are_read_whatever_else_is_wrong_and_never_invented():
+    from cxr_model.dicom import read_identifiers
+    from tests.helpers import study_instance
+
+    data = study_instance(ramp(12), 12, "ID-0001")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ids = read_identifiers(data)
+    assert ids.to_dict() == {
+        "study_instance_uid": ds.StudyInstanceUID,
+        "series_instance_uid": ds.SeriesInstanceUID,
+        "sop_instance_uid": ds.SOPInstanceUID,
+        "sop_class_uid": ds.SOPClassUID,
+        "accession_number": "ACC-ID-0001",
+        "modality": "DX",
+        "body_part_examined": "CHEST",
+        "view_position": "PA",
+    }
+    knee = read_identifiers(make_dicom(ramp(12), bits_stored=12, body_part="KNEE"))  # refused, still identified
+    assert knee.body_part_examined == "KNEE" and knee.sop_instance_uid and knee.accession_number is None
+    ds.AccessionNumber = "A" * 80  # longer than any SH value: not DICOM, not stored
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    assert read_identifiers(buffer.getvalue()).accession_number is None
+    assert read_identifiers(b"\x89PNG\r\n\x1a\n" + bytes(100)) is None
+    corrupt = read_identifiers(bytes(128) + b"DICM" + b"\xff" * 50)
+    assert corrupt is None or corrupt.to_dict() == {}

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 
 from serve.records import now, request_fingerprint
-from tests.helpers import png_bytes
+from tests.helpers import png_bytes, study_instance
 from training.synthetic import render_chest
 
 COVID4 = ["COVID-19", "Lung Opacity", "Normal", "Viral Pneumonia"]
@@ -35,6 +35,23 @@ MODEL = {
 def chest_png(seed: int = 0, label: str = "Normal") -> bytes:
     pixels = (render_chest(label, np.random.default_rng(seed)) * 255).astype(np.uint8)
     return png_bytes(pixels)
+
+
+def chest_dicom(seed: int, patient: str, body_part: str = "CHEST", **attributes) -> bytes:
+    """A synthetic chest DX as a modality sends it (study, series, accession), with any header
+    attribute changed by keyword (``ViewPosition="LL"``, ``AccessionNumber=...``)."""
+    pixels = (render_chest("Normal", np.random.default_rng(seed)) * 4095).astype(np.uint16)
+    ds = pydicom.dcmread(io.BytesIO(study_instance(pixels, 12, patient)))
+    ds.BodyPartExamined = body_part
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def uid_of(data: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
 
 
 def stored_counts(db) -> tuple[int, int]:

@@ -9,25 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pydicom
 import pytest
 
 from gateway.forwarder import Backoff, Forwarder
 from gateway.spool import Spool
-from tests.helpers import free_port, make_dicom, skip_or_fail_in_ci
-from training.synthetic import render_chest
-
-
-def chest_dicom(seed: int, patient: str, body_part: str = "CHEST") -> bytes:
-    pixels = (render_chest("Normal", np.random.default_rng(seed)) * 4095).astype(np.uint16)
-    return make_dicom(pixels, 12, patient_id=patient, body_part=body_part)
-
-
-def uid_of(data: bytes) -> str:
-    from io import BytesIO
-
-    return str(pydicom.dcmread(BytesIO(data)).SOPInstanceUID)
+from tests.helpers import free_port, skip_or_fail_in_ci
+from tests.serve.helpers import chest_dicom, uid_of
 
 
 def test_the_forwarder_delivers_each_instance_once_and_keeps_it_while_the_service_is_down(service, db, tmp_path):

@@ -1,4 +1,4 @@
-"""Roles over real HTTP: every route of the API and the pages, for every role, from the caller's side.
+"""Roles over real HTTP: every route of the API, the pages, STOW-RS and FHIR, for every role, from the caller's side.
 
 Allowed means the role's request gets past authorization (whatever the handler then answers);
 denied is a 403 that changes nothing and is written to the audit log.
@@ -11,6 +11,8 @@ import uuid
 import pytest
 
 from serve.api import Api
+from serve.dicomweb import DicomWeb
+from serve.fhir import Fhir
 from serve.identity import ROLE_PERMISSIONS, ROLES
 from serve.pages import Pages
 from serve.routes import declared
@@ -21,6 +23,8 @@ EXAMPLE_PATHS = {
     "{prediction_id}": "no-such-prediction",
     "{patient_id}": "P-ROLE-0",
     "{key_id}": "nokey",
+    "{study}": "1.2.3",
+    "{report_id}": "no-such-report",
     "{rest:path}": "",
 }
 
@@ -31,9 +35,8 @@ def concrete(path: str) -> str:
     return path
 
 
-ROUTES = [
-    (spec.path, method, spec.needs) for owner in (Api, Pages) for _, spec in declared(owner) for method in spec.methods
-]
+OWNERS = (Api, Pages, DicomWeb, Fhir)
+ROUTES = [(spec.path, method, spec.needs) for owner in OWNERS for _, spec in declared(owner) for method in spec.methods]
 
 
 @pytest.fixture(scope="module")
