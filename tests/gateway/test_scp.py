@@ -84,3 +84,42 @@ def test_a_full_spool_answers_out_of_resources_and_loses_nothing(tmp_path, dcmtk
         assert [p.name for p in spool.waiting()] == [f"{sent.SOPInstanceUID}.dcm"]
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless: no decoder installed
+        "1.2.840.10008.1.2.4.100",  # MPEG2 video
+    ],
+)
+def test_an_instance_in_a_syntax_the_decoder_lacks_is_refused_at_negotiation_and_never_spooled(
+    gateway, tmp_path, syntax
+):
+    spool, port = gateway
+    pixels = (render_chest("Normal", np.random.default_rng(5), size=64) * 4095).astype(np.uint16)
+    path = tmp_path / "htj2k.dcm"
+    path.write_bytes(make_dicom(pixels, 12, patient_id="GW-5", syntax=syntax))
+    refused = dcmtk_call("storescu", port, "-v", str(path))
+    # No presentation context accepts it, so no C-STORE can succeed: the sender keeps the instance.
+    assert refused.returncode != 0 and "Store SCU Failed" in refused.stderr
+    assert "Received Store Response (Success)" not in refused.stderr
+    assert spool.waiting() == [] and not list(spool.incoming.iterdir())
+
+
+def test_the_scp_rejects_the_presentation_context_of_an_undecodable_syntax(gateway):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
+
+    _, port = gateway
+    modality = AE(ae_title=ALLOWED)
+    modality.add_requested_context(Verification)
+    modality.add_requested_context(DigitalXRayImageStorageForPresentation, ["1.2.840.10008.1.2.4.201"])
+    assoc = modality.associate("127.0.0.1", port, ae_title="CXR_GATEWAY")
+    try:
+        assert assoc.is_established
+        (rejected,) = assoc.rejected_contexts
+        assert rejected.abstract_syntax == DigitalXRayImageStorageForPresentation
+        assert [c.abstract_syntax for c in assoc.accepted_contexts] == [Verification]
+    finally:
+        assoc.release()
