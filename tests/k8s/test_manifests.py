@@ -333,7 +333,13 @@ def test_the_dicom_gateway_runs_cxr_gateway_with_its_own_spool_and_key(overlay):
     assert all(Destination.parse(d) for d in json.loads(settings["CXR_GATEWAY_SEND_TO"]))
     assert int(settings["CXR_GATEWAY_MAX_SPOOL_BYTES"]) < 20 * 1024**3  # below the volume's size
     (port,) = service["spec"]["ports"]
-    assert port["port"] == args.port and container["ports"][0]["containerPort"] == args.port
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port["port"] == args.port and container_ports["dicom"] == args.port
+    assert container_ports["metrics"] == args.metrics_port > 0
+    pod_labels = gateway["spec"]["template"]["metadata"]["labels"].items()
+    for monitor in by_kind(docs, "PodMonitor"):  # where the overlay has one (not cpu-dev), it scrapes the gateway
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels
+        assert "metrics" in {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
     assert service["spec"]["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]

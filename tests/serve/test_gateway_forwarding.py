@@ -3,18 +3,34 @@ The forwarder is also driven directly against the service and against no service
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 from gateway.forwarder import Backoff, Forwarder
 from gateway.spool import Spool
 from tests.helpers import free_port, skip_or_fail_in_ci
 from tests.serve.helpers import chest_dicom, uid_of
+
+
+def metric_value(text: str, series: str) -> float:
+    (line,) = [line for line in text.splitlines() if line.startswith(series + " ")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def alerted_gateway_series() -> set[str]:
+    rules = yaml.safe_load((Path(__file__).resolve().parents[2] / "k8s/base/prometheusrule.yaml").read_text())
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    found = {name for e in exprs for name in re.findall(r"\b(cxr_gateway_[a-z_]+)\b", e)}
+    assert len(found) >= 4
+    return found
 
 
 def test_the_forwarder_delivers_each_instance_once_and_keeps_it_while_the_service_is_down(service, db, tmp_path):
@@ -45,11 +61,12 @@ def test_storescu_to_the_gateway_process_ends_as_a_stored_record(service, db, tm
         skip_or_fail_in_ci("DCMTK is not installed (apt-get install dcmtk)")
     key_file = tmp_path / "api-key"
     key_file.write_text(service.api_key + "\n")
-    port, spool = free_port(), tmp_path / "spool"
+    port, spool, metrics_port = free_port(), tmp_path / "spool", free_port()
     gateway = subprocess.Popen(
         [str(Path(sys.executable).with_name("cxr")), "gateway", "--ae-title", "CXR_AI", "--port", str(port)]
         + ["--allow-ae", "MODALITY1", "--service-url", service.base_url, "--api-key-file", str(key_file)]
-        + ["--spool", str(spool)],
+        + ["--spool", str(spool), "--metrics-port", str(metrics_port)]
+        + ["--send-to", f"NOBODY@127.0.0.1:{free_port()}"],  # a PACS that is down: its outbox is measured too
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -73,6 +90,12 @@ def test_storescu_to_the_gateway_process_ends_as_a_stored_record(service, db, tm
             timeout=60,
         )
         assert '"pending": 0' in status.stdout and '"refused": 0' in status.stdout
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert metric_value(metrics, 'cxr_gateway_received_total{outcome="stored"}') == 1
+        assert metric_value(metrics, 'cxr_gateway_forwarded_total{outcome="stored"}') == 1
+        assert metric_value(metrics, "cxr_gateway_spool_pending") == 0
+        exported = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if not line.startswith("#")}
+        assert alerted_gateway_series() <= exported  # every series the gateway alerts name exists
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)
@@ -116,7 +139,9 @@ def test_an_instance_answered_but_not_stored_stays_spooled_until_the_database_is
     assert db["predictions"].count_documents({"request_id": f"dicom:{uid_of(data)}"}) == 1
 
 
-def test_a_gateway_killed_with_instances_spooled_delivers_them_after_restart(service, db, tmp_path):
+def test_a_burst_while_the_service_is_down_survives_a_killed_gateway_and_is_all_analysed_after_restart(
+    service, db, tmp_path
+):
     if not shutil.which("storescu"):
         skip_or_fail_in_ci("DCMTK is not installed (apt-get install dcmtk)")
     key_file, spool, port = tmp_path / "api-key", tmp_path / "spool", free_port()
@@ -134,9 +159,9 @@ def test_a_gateway_killed_with_instances_spooled_delivers_them_after_restart(ser
         assert "listening" in process.stdout.readline()
         return process
 
-    first = start(f"http://127.0.0.1:{free_port()}")  # the service unreachable: instances wait
+    first = start(f"http://127.0.0.1:{free_port()}")  # the service down during a burst: instances wait
     files = []
-    for seed in (74, 75):
+    for seed in range(74, 84):
         files.append(tmp_path / f"{seed}.dcm")
         files[-1].write_bytes(chest_dicom(seed, f"GW-KILL-{seed}"))
     command = ["storescu", "-aet", "MODALITY1", "-aec", "CXR_AI", "127.0.0.1", str(port), *map(str, files)]
@@ -149,7 +174,7 @@ def test_a_gateway_killed_with_instances_spooled_delivers_them_after_restart(ser
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not all(db["predictions"].count_documents(q) for q in queries):
             time.sleep(0.5)
-        assert [db["predictions"].count_documents(q) for q in queries] == [1, 1]
+        assert [db["predictions"].count_documents(q) for q in queries] == [1] * len(files)  # all, once
     finally:
         second.terminate()
         second.wait(timeout=30)

@@ -64,7 +64,7 @@ def text_values(item) -> set[str]:
     return found
 
 
-def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_and_gateway, db, tmp_path):
+def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_and_gateway, service, db, tmp_path):
     orthanc, _ = pacs_and_gateway
     pixels = (render_chest("COVID-19", np.random.default_rng(80)) * 4095).astype(np.uint16)
     source = tmp_path / "dx.dcm"
@@ -90,3 +90,13 @@ def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_an
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sent.SOPInstanceUID
     record = db["predictions"].find_one({"request_id": f"dicom:{sent.SOPInstanceUID}"})
     assert record and f"weights sha256 {record['model']['weights_sha256']}" in text_values(report)
+    assert record["dicom"]["study_instance_uid"] == sent.StudyInstanceUID
+    # The gateway tells the service where the report went; the record page shows it.
+    deadline = time.monotonic() + 30
+    while not db["predictions"].find_one({"_id": record["_id"]}).get("deliveries") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    (delivery,) = db["predictions"].find_one({"_id": record["_id"]})["deliveries"]
+    assert delivery["status"] == "delivered" and delivery["report_uid"] == sop_uid
+    assert delivery["destination"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    page = service.http.get(f"/predictions/{record['_id']}").text
+    assert "Structured report to the PACS" in page and "delivered" in page and sent.AccessionNumber in page
