@@ -10,7 +10,9 @@ again by the PACS, is the same request, stored once. The answer decides what hap
   service is busy, down or misconfigured. The file stays and is tried
   again after an exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``); nothing
   is ever dropped for being late.
-- any other 4xx: the service refused this instance (not a chest radiograph, an unreadable file):
+- 422 with the instance recorded as not analysed (a lateral, another body part, out of scope): the
+  service has the file and the reason; the spooled copy is removed.
+- any other 4xx: the service refused this instance (an unreadable or corrupt file, not CR/DX):
   retrying cannot change that, so it moves to ``refused/`` with the answer, where
   ``cxr gateway status`` shows it.
 """
@@ -101,6 +103,13 @@ class Forwarder:
             error = response.json().get("error") or {}
         except ValueError:
             error = {"message": response.text[:500]}
+        if error.get("saved"):
+            # Not analysed (a lateral, another body part, out of scope) but recorded with its reason
+            # and the file: answered. Kept in refused/ these would fill the spool (every PA has its lateral).
+            log.info("%s recorded as not analysed: %s", uid, error.get("code"))
+            self.spool.answered(path)
+            FORWARDED.labels("not_analysed").inc()
+            return True
         self.spool.refuse(path, {"status": response.status_code, **error})
         FORWARDED.labels("refused").inc()
         return True

@@ -20,7 +20,8 @@ RECEIVED = Counter(
 )
 FORWARDED = Counter(
     "cxr_gateway_forwarded",
-    "Instances submitted to the service, by outcome (stored, refused: filed for ops, retry: tried again later)",
+    "Instances submitted to the service, by outcome (stored, not_analysed: recorded with the reason, "
+    "refused: filed for ops, retry: tried again later)",
     ["outcome"],
 )
 DELIVERIES = Counter(

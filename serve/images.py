@@ -65,6 +65,11 @@ def render_view(source: ViewSource, max_pixels: int) -> bytes:
     return to_png(annotate(image, caption(source.top_label, source.confidence), notice))
 
 
+def browser_png(data: bytes, max_pixels: int) -> bytes:
+    """A stored DICOM original as a picture a browser shows (the API serves the file itself)."""
+    return to_png(display_image(open_image(data, max_pixels)))
+
+
 class ViewCache:
     """Drawn pictures by (prediction, kind), least recently used first out, bounded in bytes."""
 

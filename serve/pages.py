@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from cxr_model.annotate import DEMO_NOTICE, NOTICE
-from cxr_model.preprocessing import open_image
+from cxr_model.preprocessing import open_image, sniff_format
 from serve import csrf
 from serve.authentication import Authenticator, identity_of, too_many
 from serve.errors import InputError, InvalidRequest, ServiceError, Unavailable
@@ -25,6 +25,7 @@ from serve.images import (
     PAGE_IMAGE_CACHE,
     THUMBNAIL_SIDE,
     annotated,
+    browser_png,
     display_copy,
     gradcam_overlay,
     image_response,
@@ -278,7 +279,11 @@ class Pages(RouteOwner):
             data = await self.predictions.view(request.path_params["prediction_id"], kind, identity_of(request))
         except Exception:
             return Response(status_code=503)
-        return Response(status_code=404) if data is None else image_response(data, PAGE_IMAGE_CACHE)
+        if data is None:
+            return Response(status_code=404)
+        if sniff_format(data) == "dicom":  # a page's <img> cannot show the DICOM file itself
+            data = await self.predictions.off_loop(browser_png, data, self.settings.max_pixels)
+        return image_response(data, PAGE_IMAGE_CACHE)
 
     @route("/predictions/{prediction_id}/thumbnail", needs=READ_OWN)
     async def thumbnail(self, request: Request) -> Response:

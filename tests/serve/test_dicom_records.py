@@ -4,11 +4,14 @@ model does not read kept as not analysed, the gateway's delivery reports, and FH
 
 from __future__ import annotations
 
+import io
 import uuid
 
+import pydicom
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from PIL import Image
 
 from tests.serve.helpers import chest_dicom, client, stored_counts, uid_of
 
@@ -40,6 +43,14 @@ def test_a_dicom_record_carries_its_identifiers_and_they_are_indexed(service, db
     assert indexes["sop_instance_unique"]["unique"] and "study" in indexes and "accession" in indexes
     page = service.http.get(f"/predictions/{answer['prediction_id']}")
     assert "ACC-300" in page.text and dicom["study_instance_uid"] in page.text  # the UI shows them
+    # The API serves the original as received (the DICOM file); the page's <img> gets a PNG of it.
+    api_original = service.http.get(f"/api/v1/predictions/{answer['prediction_id']}/image?kind=original")
+    assert api_original.headers["content-type"] == "application/dicom"
+    shown = service.http.get(f"/predictions/{answer['prediction_id']}/image?kind=original")
+    assert shown.headers["content-type"] == "image/png" and Image.open(io.BytesIO(shown.content)).size == (
+        pydicom.dcmread(io.BytesIO(data)).Columns,
+        pydicom.dcmread(io.BytesIO(data)).Rows,
+    )
 
 
 def test_resending_an_instance_from_any_caller_is_one_record_and_another_image_under_its_uid_is_refused(

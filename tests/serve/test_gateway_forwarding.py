@@ -36,20 +36,24 @@ def alerted_gateway_series() -> set[str]:
 def test_the_forwarder_delivers_each_instance_once_and_keeps_it_while_the_service_is_down(service, db, tmp_path):
     spool = Spool(tmp_path / "spool", 50 * 1024**2)
     chest, head = chest_dicom(70, "GW-FWD-1"), chest_dicom(71, "GW-FWD-2", body_part="HEAD")
-    for data in (chest, head):
+    corrupt = chest_dicom(69, "GW-FWD-3")[:-5000]  # pixel data cut short in transit
+    for data in (chest, head, corrupt):
         spool.put(uid_of(data), data)
     down = Forwarder(spool, f"http://127.0.0.1:{free_port()}", service.api_key, Backoff(0.01, 0.05))
-    assert down.drain() == 0 and down.failures == 1 and len(spool.waiting()) == 2  # nothing dropped
+    assert down.drain() == 0 and down.failures == 1 and len(spool.waiting()) == 3  # nothing dropped
 
     revoked = Forwarder(spool, service.base_url, "not-a-key", Backoff(0.01, 0.05))
-    assert revoked.drain() == 0 and len(spool.waiting()) == 2  # a wrong key is fixed by ops, not filed
+    assert revoked.drain() == 0 and len(spool.waiting()) == 3  # a wrong key is fixed by ops, not filed
     up = Forwarder(spool, service.base_url, service.api_key)
-    assert up.drain() == 2 and spool.waiting() == []
+    assert up.drain() == 3 and spool.waiting() == []
     record = db["predictions"].find_one({"request_id": f"dicom:{uid_of(chest)}"})
     assert record and record["patient_id"] == "GW-FWD-1"  # from the DICOM header
-    (refusal,) = spool.status().refusals  # the head radiograph: answered, not lost, visible to ops
-    assert refusal["status"] == 422 and refusal["code"] == "dicom_not_chest"
-    assert refusal["file"] == uid_of(head)
+    # The head radiograph: recorded by the service as not analysed, so it leaves the spool.
+    skull = db["predictions"].find_one({"dicom.sop_instance_uid": uid_of(head)})
+    assert skull["status"] == "not_analysed" and skull["not_analysed"]["code"] == "dicom_not_chest"
+    (refusal,) = spool.status().refusals  # the corrupt file: refused for good, kept, visible to ops
+    assert refusal["status"] == 422 and refusal["code"] == "truncated" and refusal["file"] == uid_of(corrupt)
+    assert (spool.refused / f"{uid_of(corrupt)}.dcm").read_bytes() == corrupt
 
     spool.put(uid_of(chest), chest)  # the PACS sends the same instance again
     assert up.drain() == 1
