@@ -95,10 +95,12 @@ class Api(RouteOwner):
     async def report_delivery(self, request: Request) -> Response:
         """Where the gateway delivered this record's SR; only a caller who may read the record reports it."""
         delivery = validate_delivery(await json_body(request))
-        if not await self.store.record_delivery.remote(
-            request.path_params["prediction_id"], delivery, identity_of(request)
-        ):
+        prediction_id = request.path_params["prediction_id"]
+        outcome = await self.store.record_delivery.remote(prediction_id, delivery, identity_of(request))
+        if outcome == "not_found":
             raise NotFound("no such prediction")
+        if outcome == "too_many":
+            raise ServiceError(409, "too_many_destinations", "this record lists the most destinations it may")
         return Response(status_code=204)
 
     @route("/api/v1/predictions/{prediction_id}/image", needs=READ_OWN)

@@ -23,6 +23,7 @@ from serve.sessions import SessionStore
 from serve.settings import ServeSettings
 
 logger = logging.getLogger("ray.serve")
+MAX_DESTINATIONS = 20  # SR destinations one record may list (a gateway has a handful)
 
 
 def database_uri(settings: ServeSettings) -> str:
@@ -103,16 +104,22 @@ class ResultStore:
             self._log(actor, f"export {kind}", prediction_id, record["patient_id"])
         return data
 
-    def record_delivery(self, prediction_id: str, delivery: dict, actor: Identity) -> bool:
-        """The gateway's report on one SR delivery; False when the caller may not see this record."""
+    def record_delivery(self, prediction_id: str, delivery: dict, actor: Identity) -> str:
+        """The gateway's report on one SR delivery: ``recorded``, ``not_found`` (or not this caller's to
+        see), or ``too_many`` (a record names at most ``MAX_DESTINATIONS``: its size stays bounded)."""
         record = self.records.get(prediction_id, self._owner(actor))
-        if record is None or not self.records.record_delivery(prediction_id, delivery):
-            return False
+        if record is None:
+            return "not_found"
+        named = {d["destination"] for d in record.get("deliveries") or []}
+        if delivery["destination"] not in named and len(named) >= MAX_DESTINATIONS:
+            return "too_many"
+        if not self.records.record_delivery(prediction_id, delivery):
+            return "not_found"
         detail = f"{delivery['status']} to {delivery['destination']}"
         self.audit.record(
             actor, "delivery", prediction_id=prediction_id, patient_id=record["patient_id"], detail=detail
         )
-        return True
+        return "recorded"
 
     def thumbnail_source(self, prediction_id: str, actor: Identity) -> bytes | None:
         """The original for a search-result thumbnail: covered by the search's audit entry."""

@@ -33,7 +33,12 @@ def register_export(subparsers) -> None:
     parser.add_argument("--calibration-images", type=int, default=200, help="val images to calibrate on (default: 200)")
     parser.add_argument("--held-out-images", type=int, default=400, help="test images to compare on (default: 400)")
     parser.add_argument("--ood-per-kind", type=int, default=20, help="out-of-scope pictures per kind (default: 20)")
-    parser.add_argument("--min-top1", type=float, default=0.99, help="least top-1 agreement (default: 0.99)")
+    parser.add_argument(
+        "--min-top1",
+        type=float,
+        default=0.99,
+        help="least top-1 agreement on the held-out images fp32 does not flag low confidence (default: 0.99)",
+    )
     parser.add_argument("--max-dp", type=float, default=0.03, help="largest |p_int8 - p_fp32| (default: 0.03)")
     parser.add_argument(
         "--min-gate-agreement",
@@ -134,7 +139,9 @@ def _print_agreement(agreement) -> None:
 
 def _print_agreement_dict(a: dict) -> None:
     print(
-        f"int8 vs fp32 on {a['held_out']} held-out radiographs: top-1 agreement {a['top1']:.4f}, "
+        f"int8 vs fp32 on {a['held_out']} held-out radiographs: top-1 agreement {a['top1']:.4f} on the "
+        f"{a['confident']} not flagged low confidence ({a['top1_all']:.4f} on all; "
+        f"{a['low_confidence_flips']} flips on low-confidence images), "
         f"max |dp| {a['max_abs_dp']:.4f}; gate decisions on {a['gate_images']} images (held-out + out-of-scope): "
         f"{a['gate']:.4f} agree ({a['gate_disagreements']} differ), with images within "
         f"{a['gate_recheck_band']:.1%} of the threshold re-run in fp32 ({a['gate_rechecked']:.1%} of them)"

@@ -117,6 +117,21 @@ def test_the_gateway_reports_deliveries_which_the_record_and_page_show(service, 
     assert audited == {"retrying to PACS@10.0.0.5:104", "delivered to PACS@10.0.0.5:104"}
 
 
+def test_a_caller_cannot_grow_a_record_without_bound_through_delivery_reports(service, db):
+    answer = post_dicom(service.http, chest_dicom(311, "DR-0009")).json()
+    url = f"/api/v1/predictions/{answer['prediction_id']}/deliveries"
+    for i in range(20):
+        delivery = {"destination": f"PACS{i}@10.0.0.{i}:104", "status": "delivered", "attempts": 1}
+        assert service.http.post(url, json=delivery).status_code == 204
+    one_more = {"destination": "PACS20@10.0.0.20:104", "status": "delivered", "attempts": 1}
+    refused = service.http.post(url, json=one_more)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "too_many_destinations"
+    again = {"destination": "PACS3@10.0.0.3:104", "status": "dead_letter", "attempts": 20}
+    assert service.http.post(url, json=again).status_code == 204  # a listed one is still updated
+    deliveries = db["predictions"].find_one({"_id": answer["prediction_id"]})["deliveries"]
+    assert len(deliveries) == 20 and {d["status"] for d in deliveries} == {"delivered", "dead_letter"}
+
+
 @pytest.mark.parametrize(
     "body",
     [

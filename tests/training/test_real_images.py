@@ -86,6 +86,11 @@ def test_int8_export_agrees_with_fp32_on_held_out_radiographs_and_is_recorded(ch
     record = read_card(directory).exports["onnx_int8"]
     agreement = record["agreement"]
     assert agreement["held_out"] >= 90 and agreement["top1"] >= 0.99 and agreement["max_abs_dp"] <= 0.03
+    # Flips are counted apart on images served as low confidence; the figures add up.
+    assert 0.5 * agreement["held_out"] < agreement["confident"] <= agreement["held_out"]
+    flips_all = round((1 - agreement["top1_all"]) * agreement["held_out"])
+    flips_confident = round((1 - agreement["top1"]) * agreement["confident"])
+    assert flips_all == flips_confident + agreement["low_confidence_flips"]
     assert agreement["gate_images"] > agreement["held_out"]  # out-of-scope pictures were compared too
     assert agreement["gate"] == 1.0 and 0 < agreement["gate_recheck_band"] < 0.5
     assert record["calibration_images"] >= 100 and "val split" in record["sources"]["calibration"]
