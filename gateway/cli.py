@@ -59,6 +59,13 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {defaults.stow_to or 'none'})",
     )
     flag(
+        "--secondary-capture",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.secondary_capture,
+        help="also send the annotated image as a Secondary Capture, for viewers without SR display "
+        "(default: %(default)s)",
+    )
+    flag(
         "--metrics-port",
         type=int,
         default=defaults.metrics_port,
@@ -94,7 +101,7 @@ def _run(args, settings: GatewaySettings) -> int:
         serve_metrics(args.host, args.metrics_port, spool, boxes)
     ae = build_ae(args.ae_title, args.allow_ae or settings.allow_ae)
     server = start_scp(ae, args.host, args.port, spool)
-    forwarder = Forwarder(spool, args.service_url, api_key, backoff, list(boxes.values()))
+    forwarder = Forwarder(spool, args.service_url, api_key, backoff, list(boxes.values()), args.secondary_capture)
     senders = [make_sender(args.ae_title, d, box, forwarder.report_delivery) for d, box in boxes.items()]
     workers = [threading.Thread(target=forwarder.run, name="forwarder", daemon=True)]
     workers.append(threading.Thread(target=run_senders, args=(senders, forwarder.stopped, backoff), daemon=True))

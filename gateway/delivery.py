@@ -1,4 +1,5 @@
-"""Delivery: sends result objects (the SR) back to the PACS, one outbox per destination.
+"""Delivery: sends result objects (the SR, and the annotated Secondary Capture when asked for) back
+to the PACS, one outbox per destination.
 
 The forwarder writes each result into every destination's outbox (a ``Spool``: on disk before the
 source instance leaves the spool, so a crash loses neither). A sender per destination stores them,
@@ -22,7 +23,7 @@ import httpx
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import ComprehensiveSRStorage
+from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from gateway.forwarder import PREDICTION_SUFFIX, Backoff
 from gateway.metrics import DELIVERIES
@@ -93,7 +94,8 @@ class DimseStore:
     def __init__(self, calling_ae: str, destination: Destination):
         self.destination = destination
         self.ae = AE(ae_title=calling_ae)
-        self.ae.add_requested_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = 30
 
     def __call__(self, path: Path) -> str | None:

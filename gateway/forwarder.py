@@ -47,6 +47,16 @@ class Backoff:
         return min(self.max_s, self.initial_s * 2 ** max(0, failures - 1))
 
 
+def capture_bytes(source: Path, answer: dict, max_pixels: int = 100_000_000) -> tuple[str, bytes]:
+    """The annotated Secondary Capture for one answered instance: (its SOP Instance UID, bytes)."""
+    from cxr_model.secondary_capture import build_capture
+
+    capture = build_capture(source.read_bytes(), answer, max_pixels)
+    buffer = io.BytesIO()
+    capture.save_as(buffer, enforce_file_format=True)
+    return str(capture.SOPInstanceUID), buffer.getvalue()
+
+
 def report_bytes(source: Path, answer: dict) -> tuple[str, bytes]:
     """The SR for one answered instance, encoded as a DICOM file: (its SOP Instance UID, bytes)."""
     from cxr_model.structured_report import build_report  # highdicom: only when results go back
@@ -65,8 +75,10 @@ class Forwarder:
         api_key: str | None,
         backoff: Backoff = Backoff(),
         outboxes: list[Spool] | None = None,
+        secondary_capture: bool = False,
     ):
         self.spool, self.backoff, self.outboxes = spool, backoff, outboxes or []
+        self.secondary_capture = secondary_capture
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=service_url.rstrip("/"), headers=headers, timeout=120)
         self.failures = 0
@@ -121,7 +133,10 @@ class Forwarder:
         if not self.outboxes:
             return
         uid, data = report_bytes(path, answer)
+        capture = capture_bytes(path, answer) if self.secondary_capture else None
         for outbox in self.outboxes:
+            if capture is not None:  # before the SR: a viewer lists the picture first
+                outbox.put(*capture)
             queued = outbox.put(uid, data)
             queued.with_suffix(PREDICTION_SUFFIX).write_text(answer["prediction_id"])
 

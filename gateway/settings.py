@@ -17,6 +17,8 @@ class GatewaySettings(BaseSettings):
     service_url: str = "http://127.0.0.1:8000"
     send_to: list[str] = Field(default_factory=list)  # AE@host:port destinations for the SR
     stow_to: list[str] = Field(default_factory=list)  # DICOMweb roots that take the SR by STOW-RS
+    # Also send the annotated picture as a Secondary Capture, for viewers without SR display.
+    secondary_capture: bool = False
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus metrics; 0: not served
     api_key_file: str | None = None
     spool: str = "runs/gateway-spool"

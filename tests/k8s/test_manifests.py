@@ -305,7 +305,7 @@ def test_the_archive_scoring_job_validates_and_runs_cxr_score_as_placed():
     assert not any("jobs" in p.read_text() for p in K8S.rglob("kustomization.yaml"))
 
 
-def test_the_dicom_gateway_runs_cxr_gateway_with_its_own_spool_and_key(overlay):
+def test_the_dicom_gateway_runs_cxr_gateway_with_its_own_spool_and_key(overlay, monkeypatch):
     from gateway.cli import add_gateway_arguments
     from gateway.delivery import Destination
 
@@ -329,6 +329,14 @@ def test_the_dicom_gateway_runs_cxr_gateway_with_its_own_spool_and_key(overlay):
     assert mounts[key_mount]["readOnly"] is True
     assert any(v["name"] == mounts[key_mount]["name"] and "secret" in v for v in pod["volumes"])
     settings = config["data"]
+    from gateway.settings import GatewaySettings
+
+    for name, value in settings.items():  # every key is a setting (a misspelt one would be ignored)
+        assert name.removeprefix("CXR_GATEWAY_").lower() in GatewaySettings.model_fields, name
+        monkeypatch.setenv(name, value)
+    loaded = GatewaySettings()  # and every value parses, as the pod reads it
+    assert loaded.send_to == json.loads(settings["CXR_GATEWAY_SEND_TO"])
+    assert loaded.stow_to == json.loads(settings["CXR_GATEWAY_STOW_TO"])
     assert json.loads(settings["CXR_GATEWAY_ALLOW_AE"])  # never an open gateway
     assert all(Destination.parse(d) for d in json.loads(settings["CXR_GATEWAY_SEND_TO"]))
     assert int(settings["CXR_GATEWAY_MAX_SPOOL_BYTES"]) < 20 * 1024**3  # below the volume's size

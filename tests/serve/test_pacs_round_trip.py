@@ -31,7 +31,7 @@ def pacs_and_gateway(service, tmp_path):
         [str(Path(sys.executable).with_name("cxr")), "gateway", "--ae-title", "CXR_AI", "--port", str(gateway_port)]
         + ["--allow-ae", "ORTHANC", "--allow-ae", "MODALITY1", "--service-url", service.base_url]
         + ["--api-key-file", str(key_file), "--spool", str(tmp_path / "spool")]
-        + ["--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"],
+        + ["--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--secondary-capture"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -98,5 +98,9 @@ def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_an
     (delivery,) = db["predictions"].find_one({"_id": record["_id"]})["deliveries"]
     assert delivery["status"] == "delivered" and delivery["report_uid"] == sop_uid
     assert delivery["destination"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    # The annotated picture too, as a Secondary Capture in the same study, for viewers without SR display.
+    captures = httpx.get(f"{orthanc.url}/dicom-web/studies/{sent.StudyInstanceUID}/series", params={"Modality": "OT"})
+    (capture,) = captures.json()
+    assert capture["0008103E"]["Value"][0] == "CXR AI triage annotated image - not for diagnostic use"
     page = service.http.get(f"/predictions/{record['_id']}").text
     assert "Structured report to the PACS" in page and "delivered" in page and sent.AccessionNumber in page
