@@ -14,10 +14,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate
 from cxr_model.dicom import decode
+from cxr_model.structured_report import result_uid
 
 SERIES_NUMBER = 991  # after the SR's 990
 SERIES_DESCRIPTION = "CXR AI triage annotated image - not for diagnostic use"
@@ -40,9 +40,9 @@ def build_capture(source_bytes: bytes, answer: dict, max_pixels: int) -> Dataset
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=generate_uid(),
+        series_instance_uid=result_uid(source, answer["model"], "capture", "series"),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=result_uid(source, answer["model"], "capture", "instance"),
         instance_number=1,
         manufacturer="CXR Serve",
         patient_orientation=orientation,

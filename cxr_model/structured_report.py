@@ -31,13 +31,20 @@ SERIES_DESCRIPTION = "CXR AI triage - decision support, not for diagnostic use"
 SERIES_NUMBER = 990  # AI result series sort after the acquired ones
 
 
+def result_uid(source: Dataset, model: dict, *what: str) -> str:
+    """A UID fixed by the source instance, the weights and what it names: the same result sent
+    twice (a resend, a second path back to the PACS) is the same DICOM object, which a PACS keeps
+    once; another model's result is another object."""
+    return generate_uid(entropy_srcs=[str(source.SOPInstanceUID), model["weights_sha256"], *what])
+
+
 def label_code(label: str) -> Code:
     return Code(label.upper().replace(" ", "_")[:16], SCHEME, label)
 
 
-def _group(source: Dataset, label: str, probability: float, positive: bool, algorithm) -> object:
+def _group(source: Dataset, label: str, probability: float, positive: bool, algorithm, model: dict) -> object:
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=label),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid(source, model, "finding", label), identifier=label),
         finding_type=label_code(label),
         algorithm_id=algorithm,
         measurements=[hd.sr.Measurement(name=PROBABILITY, value=round(float(probability), 6), unit=UNITLESS)],
@@ -56,10 +63,13 @@ def build_report(source: Dataset, probabilities: dict[str, float], positives: li
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name=model["name"], model_name=model["version"], manufacturer_name="CXR Serve"
+            uid=generate_uid(entropy_srcs=[model["weights_sha256"], "device"]),
+            name=model["name"],
+            model_name=model["version"],
+            manufacturer_name="CXR Serve",
         ),
     )
-    groups = [_group(source, label, p, label in positives, algorithm) for label, p in probabilities.items()]
+    groups = [_group(source, label, p, label in positives, algorithm, model) for label, p in probabilities.items()]
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=CHEST_RADIOGRAPH,
@@ -69,9 +79,9 @@ def build_report(source: Dataset, probabilities: dict[str, float], positives: li
     report = hd.sr.ComprehensiveSR(
         evidence=[source],
         content=content[0],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=result_uid(source, model, "sr", "series"),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=result_uid(source, model, "sr", "instance"),
         instance_number=1,
         manufacturer="CXR Serve",
         is_complete=True,

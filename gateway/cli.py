@@ -66,6 +66,13 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     flag(
+        "--claim-stow-results",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.claim_stow_results,
+        help="also deliver the results of instances the service received by STOW-RS, claimed from it "
+        "(the key's role must be gateway; only with --send-to or --stow-to) (default: %(default)s)",
+    )
+    flag(
         "--metrics-port",
         type=int,
         default=defaults.metrics_port,
@@ -88,6 +95,7 @@ def register_gateway(subparsers) -> None:
 
 def _run(args, settings: GatewaySettings) -> int:
     from gateway.delivery import make_sender, outboxes, parse_destinations, run_senders
+    from gateway.due_results import DueResults
     from gateway.forwarder import Backoff, Forwarder
     from gateway.scp import build_ae, start_scp
     from gateway.spool import Spool
@@ -105,6 +113,10 @@ def _run(args, settings: GatewaySettings) -> int:
     senders = [make_sender(args.ae_title, d, box, forwarder.report_delivery) for d, box in boxes.items()]
     workers = [threading.Thread(target=forwarder.run, name="forwarder", daemon=True)]
     workers.append(threading.Thread(target=run_senders, args=(senders, forwarder.stopped, backoff), daemon=True))
+    if boxes and args.claim_stow_results:
+        due = DueResults(forwarder, Path(args.spool) / "claimed", [d.label for d in boxes])
+        claims = (forwarder.stopped, backoff, settings.claim_interval_s)
+        workers.append(threading.Thread(target=due.run, args=claims, name="stow-results", daemon=True))
     for worker in workers:
         worker.start()
     print(f"{args.ae_title} listening on {args.host}:{args.port}; forwarding to {args.service_url}", flush=True)

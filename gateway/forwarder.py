@@ -103,7 +103,7 @@ class Forwarder:
             FORWARDED.labels("retry").inc()
             return False
         if response.status_code < 300:
-            self._queue_report(path, response.json())
+            self.queue_results(path, response.json())
             self.spool.answered(path)
             FORWARDED.labels("stored").inc()
             return True
@@ -126,7 +126,7 @@ class Forwarder:
         FORWARDED.labels("refused").inc()
         return True
 
-    def _queue_report(self, path: Path, answer: dict) -> None:
+    def queue_results(self, path: Path, answer: dict) -> None:
         """The result goes into every outbox before the source leaves the spool: a crash in between
         resubmits the instance (the same request, stored once) and rebuilds it. Beside each report
         goes the record's id, so that its senders can tell the service where it was delivered."""

@@ -19,6 +19,9 @@ class GatewaySettings(BaseSettings):
     stow_to: list[str] = Field(default_factory=list)  # DICOMweb roots that take the SR by STOW-RS
     # Also send the annotated picture as a Secondary Capture, for viewers without SR display.
     secondary_capture: bool = False
+    # Also deliver the results of instances the service received by STOW-RS (the key's role: gateway).
+    claim_stow_results: bool = True
+    claim_interval_s: float = Field(default=5.0, gt=0)  # how often to ask the service for them
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus metrics; 0: not served
     api_key_file: str | None = None
     spool: str = "runs/gateway-spool"

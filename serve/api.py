@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from serve.api_keys import MAX_RATE_LIMIT
 from serve.authentication import Authenticator, identity_of
 from serve.errors import InputError, NotFound, ServiceError, error_response
-from serve.identity import AUDIT, KEYS, MODEL, PREDICT, READ_OWN, ROLES
+from serve.identity import AUDIT, DELIVER, KEYS, MODEL, PREDICT, READ_OWN, ROLES
 from serve.images import image_response
 from serve.inputs import validate_delivery, validate_page, validate_patient_id
 from serve.prediction import public_record
@@ -30,6 +30,7 @@ from serve.uploads import Upload, read_batch, read_upload
 OPENAPI = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
 READY_CHECKS = ("model", "database")
 MAX_AUDIT_ENTRIES = 1000
+MAX_CLAIM = 32  # records per claim: each is an instance the gateway then fetches
 
 
 async def json_body(request: Request, fields: str = "") -> dict:
@@ -102,6 +103,26 @@ class Api(RouteOwner):
         if outcome == "too_many":
             raise ServiceError(409, "too_many_destinations", "this record lists the most destinations it may")
         return Response(status_code=204)
+
+    @route("/api/v1/deliveries:claim", "POST", needs=DELIVER)
+    async def claim_deliveries(self, request: Request) -> Response:
+        """STOW-RS records whose results are due at the PACS, leased to the calling gateway."""
+        limit = (await json_body(request, '{"limit": 1-32}')).get("limit", 8)
+        if isinstance(limit, float) and limit.is_integer():  # JSON does not tell 8 from 8.0
+            limit = int(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLAIM:
+            raise InputError(400, "bad_limit", f"limit is a whole number from 1 to {MAX_CLAIM}", "limit")
+        lease_s = self.settings.delivery_lease_s
+        records = await self.store.claim_deliveries.remote(limit, lease_s, identity_of(request))
+        return JSONResponse({"lease_s": lease_s, "items": [public_record(r) for r in records]})
+
+    @route("/api/v1/deliveries/{prediction_id}/instance", needs=DELIVER)
+    async def delivery_instance(self, request: Request) -> Response:
+        """The DICOM instance a claimed record came from, while its results are due."""
+        data = await self.store.delivery_instance.remote(request.path_params["prediction_id"], identity_of(request))
+        if data is None:
+            raise NotFound("no record whose results are due has this id")
+        return Response(data, media_type="application/dicom", headers={"Cache-Control": "no-store"})
 
     @route("/api/v1/predictions/{prediction_id}/image", needs=READ_OWN)
     async def get_image(self, request: Request) -> Response:

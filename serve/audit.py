@@ -33,6 +33,7 @@ ACTIONS = (
     "key_create",
     "key_revoke",
     "delivery",
+    "claim",  # a gateway took over delivering a STOW-RS record's results
 )
 
 

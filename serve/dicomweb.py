@@ -4,7 +4,9 @@ The body is ``multipart/related; type="application/dicom"``, one instance per pa
 goes the same way as an upload to ``/api/v1/predictions`` with ``save=1``: the same header checks,
 pixel budget and out-of-scope gate, its request id ``dicom:<SOP Instance UID>`` (a resend is the
 same request, stored once), and a not-chest, not-frontal or out-of-scope instance kept as a record
-that says it was not analysed. The answer is the PS3.18 Store Instances Response, in DICOM JSON:
+that says it was not analysed. An analysed instance's results (the SR, the annotated picture) are
+due at the PACS: the record says so until a DICOM gateway claims them and delivers them to its
+destinations (``POST /api/v1/deliveries:claim``). The answer is the PS3.18 Store Instances Response, in DICOM JSON:
 stored instances in Referenced SOP Sequence (0008,1199), the others in Failed SOP Sequence
 (0008,1198) with a PS3.4 Failure Reason (0008,1197) and, for people, one ``Warning: 299`` header per
 failure with the reason in words. 200: all stored; 202: some failed; 409: none stored.
@@ -176,7 +178,9 @@ class DicomWeb(RouteOwner):
             return Outcome(sop_class, uid, False, DOES_NOT_MATCH, "the instance belongs to another study")
         fields = {"save": "1"} | ({"request_id": f"dicom:{uid}"} if uid and len(uid) <= 120 else {})
         try:
-            answer = await self.predictions.answer(Upload(fields, data, None), identity_of(request), started)
+            # Its results are due at the PACS: a gateway claims them (no gateway holds this instance).
+            upload = Upload(fields, data, None)
+            answer = await self.predictions.answer(upload, identity_of(request), started, results_due=True)
         except NotAnalysed as refusal:
             if refusal.details.get("saved"):
                 return Outcome(sop_class, uid, True)  # kept as a record that says why it was not analysed

@@ -2,7 +2,9 @@
 
 A route declares the one permission it needs (``serve.routes``); a role is a set of permissions.
 ``integration`` reads only what it submitted (``READ_OWN``): a PACS bridge must not browse other
-patients. ``admin`` holds every permission (keys included); give day-to-day users narrower roles.
+patients. ``gateway`` (the DICOM gateway) also takes over delivering the results of instances others
+stored by STOW-RS (``DELIVER``): their identifiers, results and source instance, nothing else.
+``admin`` holds every permission (keys included); give day-to-day users narrower roles.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ REVIEW = "review"  # record a radiologist's verdict (the worklist)
 AUDIT = "audit"  # read the audit log
 KEYS = "keys"  # create, list and revoke API keys
 MODEL = "model"  # the model card
+DELIVER = "deliver"  # claim STOW-RS-received records whose results are due at the PACS, and report them
 
-PERMISSIONS = (PREDICT, READ, READ_OWN, REVIEW, AUDIT, KEYS, MODEL)
+PERMISSIONS = (PREDICT, READ, READ_OWN, REVIEW, AUDIT, KEYS, MODEL, DELIVER)
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "clinician": frozenset({PREDICT, READ, MODEL}),
     "radiologist": frozenset({PREDICT, READ, REVIEW, MODEL}),
     "integration": frozenset({PREDICT, READ_OWN, MODEL}),
+    "gateway": frozenset({PREDICT, READ_OWN, MODEL, DELIVER}),
     "auditor": frozenset({AUDIT}),
     "admin": frozenset(PERMISSIONS),
 }

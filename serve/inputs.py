@@ -60,7 +60,7 @@ def validate_request_id(value) -> str | None:
     return value
 
 
-DELIVERY_STATUSES = ("delivered", "retrying", "dead_letter")
+DELIVERY_STATUSES = ("queued", "delivered", "retrying", "dead_letter")
 DESTINATION = re.compile(r"^[\x20-\x7e]{1,200}$")  # AE@host:port or a URL
 UID = re.compile(r"^(?=.{1,64}$)[0-9]+(\.[0-9]+)*$")  # DICOM UIDs: digits and dots, at most 64 characters
 

@@ -86,7 +86,7 @@ def not_analysed_record(request: PredictionRequest, error: InputError, actor: Id
     return {"status": NOT_ANALYSED, "not_analysed": reason} | provenance(request, actor)
 
 
-INTERNAL_FIELDS = ("_id", "files", "created_by_key", "request_fingerprint")
+INTERNAL_FIELDS = ("_id", "files", "created_by_key", "request_fingerprint", "results_leased_until")
 
 
 def public_record(record: dict) -> dict:

@@ -150,14 +150,17 @@ class PredictionService:
                 self.settings.retry_after_timeout_s,
             ) from exc
 
-    async def save(self, prediction: Prediction, actor: Identity) -> SaveResult:
+    async def save(self, prediction: Prediction, actor: Identity, results_due: bool = False) -> SaveResult:
+        """``results_due``: the service owes the PACS this record's results (a STOW-RS instance:
+        no gateway holds it), which a gateway claims (``POST /api/v1/deliveries:claim``)."""
         started = time.perf_counter()
         images = await self.off_loop(stored_images, prediction)
-        saved = await self.store.save.remote(prediction.record(actor), images, actor)
+        record = prediction.record(actor) | ({"results_due": True} if results_due else {})
+        saved = await self.store.save.remote(record, images, actor)
         self.metrics.stage_seconds.observe(time.perf_counter() - started, tags={"stage": "storage"})
         return saved
 
-    async def answer(self, upload: Upload, actor: Identity, started: float) -> dict:
+    async def answer(self, upload: Upload, actor: Identity, started: float, results_due: bool = False) -> dict:
         """One upload through check, model and optional save -> the API's JSON body; typed errors raise."""
         try:
             checked = await self.check(upload)
@@ -168,7 +171,7 @@ class PredictionService:
             raise
         body = prediction.api_body()
         if checked.save:
-            saved = await self.save(prediction, actor)
+            saved = await self.save(prediction, actor, results_due)
             refuse_conflict(saved)
             body["saved"], body["prediction_id"] = saved.saved, saved.prediction_id
             if not saved.saved:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import gridfs
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, WriteConcern
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError, WriteError
 
 PREDICTIONS = "predictions"
@@ -60,6 +60,9 @@ INSTANCE_CONFLICT = SaveResult(
     False, reason="this SOP Instance UID is stored for another patient or image", instance_conflict=True
 )
 SOP_INSTANCE_UID = "dicom.sop_instance_uid"
+# Set on a record stored by STOW-RS, whose results no gateway has taken yet; False once one has.
+RESULTS_DUE = "results_due"
+LEASED_UNTIL = "results_leased_until"  # a claiming gateway's hold on those results
 
 
 def request_fingerprint(patient_id: str, original: bytes) -> str:
@@ -121,6 +124,9 @@ PREDICTION_SCHEMA = {
         },
         "files": {"bsonType": "object", "required": ["original"]},
         "deliveries": {"bsonType": "array", "items": {"bsonType": "object", "required": ["destination", "status"]}},
+        # STOW-RS-received: the service owes the PACS this record's results until a gateway takes them.
+        "results_due": {"bsonType": "bool"},
+        "results_leased_until": {"bsonType": "date"},
     },
 }
 
@@ -164,6 +170,11 @@ class PredictionRecords:
         )
         collection.create_index([("dicom.study_instance_uid", ASCENDING)], name="study")
         collection.create_index([("dicom.accession_number", ASCENDING)], name="accession")
+        collection.create_index(
+            [(RESULTS_DUE, ASCENDING), ("created_at", ASCENDING)],
+            partialFilterExpression={RESULTS_DUE: True},
+            name="results_due",
+        )
         self.db["images.files"].create_index([("uploadDate", ASCENDING)], name="upload_date")
         self._schema_ready = True
 
@@ -240,16 +251,41 @@ class PredictionRecords:
 
     def record_delivery(self, prediction_id: str, delivery: dict) -> bool:
         """One destination's latest delivery state replaces its earlier one (a list: destinations hold
-        dots and colons, which field names cannot)."""
+        dots and colons, which field names cannot). ``queued`` never replaces a later state: the sender
+        may deliver before the queuing gateway's report arrives. Results that were due are now a gateway's."""
         entry = delivery | {"at": now().isoformat()}
         collection = self.db[PREDICTIONS]
-        found = collection.update_one(
-            {"_id": prediction_id}, {"$pull": {"deliveries": {"destination": delivery["destination"]}}}
-        )
-        if found.matched_count == 0:
+        destination = delivery["destination"]
+        if collection.count_documents({"_id": prediction_id}, limit=1) == 0:
             return False
-        collection.update_one({"_id": prediction_id}, {"$push": {"deliveries": entry}})
+        if delivery["status"] == "queued":
+            unnamed = {"_id": prediction_id, "deliveries.destination": {"$ne": destination}}
+            collection.update_one(unnamed, {"$push": {"deliveries": entry}})
+        else:
+            collection.update_one({"_id": prediction_id}, {"$pull": {"deliveries": {"destination": destination}}})
+            collection.update_one({"_id": prediction_id}, {"$push": {"deliveries": entry}})
+        taken = {"$set": {RESULTS_DUE: False}, "$unset": {LEASED_UNTIL: ""}}
+        collection.update_one({"_id": prediction_id, RESULTS_DUE: True}, taken)
         return True
+
+    def claim_due(self, limit: int, lease_s: float, at: datetime | None = None) -> list[dict]:
+        """Up to ``limit`` records whose results are due at the PACS, oldest first, each leased for
+        ``lease_s``: gateways polling at once take different records, and the records of one that
+        dies before it reports become claimable again when its lease runs out."""
+        at = at or now()
+        free = {RESULTS_DUE: True, "$or": [{LEASED_UNTIL: {"$exists": False}}, {LEASED_UNTIL: {"$lte": at}}]}
+        claimed = []
+        for _ in range(limit):
+            record = self.db[PREDICTIONS].find_one_and_update(
+                free,
+                {"$set": {LEASED_UNTIL: at + timedelta(seconds=lease_s)}},
+                sort=[("created_at", ASCENDING), ("_id", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if record is None:
+                break
+            claimed.append(record)
+        return claimed
 
     def image(self, prediction_id: str, kind: str, record: dict | None = None) -> bytes | None:
         record = record or self.get(prediction_id)

@@ -66,6 +66,9 @@ class ServeSettings(BaseSettings):
     # and while the database is down, for this much longer.
     key_cache_s: float = Field(default=30, ge=0)
     key_stale_s: float = Field(default=900, ge=0)
+    # A gateway's hold on the STOW-RS records it claimed: if it reports none of them in this time
+    # (it died), another gateway may claim them.
+    delivery_lease_s: float = Field(default=300, gt=0)
     request_timeout_s: float = Field(default=30, gt=0)  # a prediction that takes longer gets a 504
     # Threads per Ingress replica for decoding, drawing and encoding, off the event loop. Each may hold
     # a decoded image of up to CXR_MAX_PIXELS, so this also bounds the replica's peak memory.

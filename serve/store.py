@@ -15,10 +15,10 @@ from ray import serve
 
 from serve.api_keys import ApiKeys
 from serve.audit import AuditLog, pseudonym
-from serve.identity import Identity
+from serve.identity import DELIVER, Identity
 from serve.metrics import StoreMetrics
 from serve.orphans import OrphanSweeper, SweepResult
-from serve.records import PredictionRecords, SaveResult, ViewSource
+from serve.records import RESULTS_DUE, PredictionRecords, SaveResult, ViewSource
 from serve.sessions import SessionStore
 from serve.settings import ServeSettings
 
@@ -108,6 +108,9 @@ class ResultStore:
         """The gateway's report on one SR delivery: ``recorded``, ``not_found`` (or not this caller's to
         see), or ``too_many`` (a record names at most ``MAX_DESTINATIONS``: its size stays bounded)."""
         record = self.records.get(prediction_id, self._owner(actor))
+        if record is None and actor.may(DELIVER):  # a gateway reports on the STOW-RS records it claimed
+            record = self.records.get(prediction_id)
+            record = record if record is not None and RESULTS_DUE in record else None
         if record is None:
             return "not_found"
         named = {d["destination"] for d in record.get("deliveries") or []}
@@ -120,6 +123,24 @@ class ResultStore:
             actor, "delivery", prediction_id=prediction_id, patient_id=record["patient_id"], detail=detail
         )
         return "recorded"
+
+    def claim_deliveries(self, limit: int, lease_s: float, actor: Identity) -> list[dict]:
+        """STOW-RS records whose results are due at the PACS, leased to this gateway (``DELIVER``)."""
+        records = self.records.claim_due(limit, lease_s)
+        for record in records:
+            self.audit.record(actor, "claim", prediction_id=record["_id"], patient_id=record["patient_id"])
+        return records
+
+    def delivery_instance(self, prediction_id: str, actor: Identity) -> bytes | None:
+        """The DICOM instance a claimed record was made from, while its results are due: the SR and
+        the annotated picture are built from it. Nothing else of anyone else's is readable this way."""
+        record = self.records.get(prediction_id)
+        if record is None or not record.get(RESULTS_DUE):
+            return None
+        self.audit.record(
+            actor, "export", prediction_id=prediction_id, patient_id=record["patient_id"], detail="dicom for delivery"
+        )
+        return self.records.files.get(record["files"]["original"]).read()
 
     def thumbnail_source(self, prediction_id: str, actor: Identity) -> bytes | None:
         """The original for a search-result thumbnail: covered by the search's audit entry."""

@@ -15,7 +15,8 @@ from cxr_model.secondary_capture import SERIES_DESCRIPTION, build_capture
 from tests.helpers import skip_or_fail_in_ci, study_instance
 from training.synthetic import render_chest
 
-ANSWER = {"top_label": "COVID-19", "confidence": 0.71, "model": {"name": "m", "version": "1", "synthetic_demo": False}}
+MODEL = {"name": "m", "version": "1", "weights_sha256": "cd" * 32, "synthetic_demo": False}
+ANSWER = {"top_label": "COVID-19", "confidence": 0.71, "model": MODEL}
 MAX_PIXELS = 50_000_000
 
 

@@ -10,12 +10,14 @@ import numpy as np
 import pydicom
 import pytest
 
+from cxr_model.secondary_capture import build_capture
 from cxr_model.structured_report import SCHEME, build_report
 from tests.helpers import skip_or_fail_in_ci, study_instance
 from training.synthetic import render_chest
 
 PROBABILITIES = {"COVID-19": 0.71, "Lung Opacity": 0.12, "Normal": 0.123456789, "Viral Pneumonia": 0.046543211}
 MODEL = {"name": "cxr-densenet161", "version": "2026.11.29", "weights_sha256": "ab" * 32}
+ANSWER = {"top_label": "COVID-19", "confidence": 0.71, "model": MODEL}
 
 
 @pytest.fixture
@@ -73,3 +75,24 @@ def test_dciodvfy_finds_no_error(source, tmp_path):
     lines = (result.stdout + result.stderr).splitlines()
     assert "ComprehensiveSR" in lines[0]
     assert [line for line in lines if line.startswith("Error")] == []
+
+
+def test_the_same_result_is_the_same_dicom_object_and_another_model_s_is_another(source):
+    """A result sent twice (a resend, or both the gateway and a STOW-RS claim) must not be two
+    reports in the PACS: its UIDs follow from the source instance and the weights."""
+    first, again = (build_report(source, PROBABILITIES, ["COVID-19"], MODEL) for _ in range(2))
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    assert first.SOPInstanceUID != first.SeriesInstanceUID != source.SeriesInstanceUID
+    retrained = build_report(source, PROBABILITIES, ["COVID-19"], MODEL | {"weights_sha256": "cd" * 32})
+    assert retrained.SOPInstanceUID != first.SOPInstanceUID
+    other = source.copy()
+    other.SOPInstanceUID = pydicom.uid.generate_uid()
+    assert build_report(other, PROBABILITIES, ["COVID-19"], MODEL).SOPInstanceUID != first.SOPInstanceUID
+    capture, capture_again = (build_capture(source_bytes_of(source), ANSWER, 50_000_000) for _ in range(2))
+    assert capture.SOPInstanceUID == capture_again.SOPInstanceUID != first.SOPInstanceUID
+
+
+def source_bytes_of(dataset: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -14,19 +14,20 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+from dicomweb_client.api import DICOMwebClient
 
 from tests.helpers import OrthancServer, free_port, skip_or_fail_in_ci, study_instance
 from training.synthetic import render_chest
 
 
 @pytest.fixture
-def pacs_and_gateway(service, tmp_path):
+def pacs_and_gateway(service, keys, tmp_path):
     if not (Path("/usr/sbin/Orthanc").exists() and shutil.which("storescu")):
         skip_or_fail_in_ci("Orthanc or DCMTK is not installed (apt-get install orthanc orthanc-dicomweb dcmtk)")
     gateway_port = free_port()
     orthanc = OrthancServer(tmp_path / "orthanc", {"ai": ["CXR_AI", "127.0.0.1", gateway_port]}).start()
     key_file = tmp_path / "api-key"
-    key_file.write_text(service.api_key)
+    key_file.write_text(keys.create("dicom-gateway", "gateway", 10_000)[1])  # as the README says to make it
     gateway = subprocess.Popen(
         [str(Path(sys.executable).with_name("cxr")), "gateway", "--ae-title", "CXR_AI", "--port", str(gateway_port)]
         + ["--allow-ae", "ORTHANC", "--allow-ae", "MODALITY1", "--service-url", service.base_url]
@@ -64,14 +65,29 @@ def text_values(item) -> set[str]:
     return found
 
 
+def stored_in_orthanc(orthanc: OrthancServer, path: Path) -> None:
+    store = ["storescu", "-aet", "MODALITY1", "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port), str(path)]
+    assert subprocess.run(store, capture_output=True, timeout=60, env={"TCP_NODELAY": "1"}).returncode == 0
+
+
+def delivered(db, record_id: str, timeout_s: float = 30) -> list[dict]:
+    """The record's delivery entries once none is still queued or retrying."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        deliveries = db["predictions"].find_one({"_id": record_id}).get("deliveries") or []
+        if deliveries and all(d["status"] in ("delivered", "dead_letter") for d in deliveries):
+            return deliveries
+        time.sleep(0.3)
+    return db["predictions"].find_one({"_id": record_id}).get("deliveries") or []
+
+
 def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_and_gateway, service, db, tmp_path):
     orthanc, _ = pacs_and_gateway
     pixels = (render_chest("COVID-19", np.random.default_rng(80)) * 4095).astype(np.uint16)
     source = tmp_path / "dx.dcm"
     source.write_bytes(study_instance(pixels, 12, "PACS-RT-1"))
     sent = pydicom.dcmread(source)
-    store = ["storescu", "-aet", "MODALITY1", "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port), str(source)]
-    assert subprocess.run(store, capture_output=True, timeout=60, env={"TCP_NODELAY": "1"}).returncode == 0
+    stored_in_orthanc(orthanc, source)
     (study,) = httpx.post(f"{orthanc.url}/tools/lookup", content=sent.StudyInstanceUID).json()
     routed = httpx.post(
         f"{orthanc.url}/modalities/ai/store", json={"Resources": [study["ID"]], "Synchronous": True}, timeout=120
@@ -92,10 +108,7 @@ def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_an
     assert record and f"weights sha256 {record['model']['weights_sha256']}" in text_values(report)
     assert record["dicom"]["study_instance_uid"] == sent.StudyInstanceUID
     # The gateway tells the service where the report went; the record page shows it.
-    deadline = time.monotonic() + 30
-    while not db["predictions"].find_one({"_id": record["_id"]}).get("deliveries") and time.monotonic() < deadline:
-        time.sleep(0.3)
-    (delivery,) = db["predictions"].find_one({"_id": record["_id"]})["deliveries"]
+    (delivery,) = delivered(db, record["_id"])
     assert delivery["status"] == "delivered" and delivery["report_uid"] == sop_uid
     assert delivery["destination"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     # The annotated picture too, as a Secondary Capture in the same study, for viewers without SR display.
@@ -104,3 +117,38 @@ def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_an
     assert capture["0008103E"]["Value"][0] == "CXR AI triage annotated image - not for diagnostic use"
     page = service.http.get(f"/predictions/{record['_id']}").text
     assert "Structured report to the PACS" in page and "delivered" in page and sent.AccessionNumber in page
+
+
+def test_an_instance_stored_by_stow_rs_gets_its_structured_report_in_the_pacs(
+    pacs_and_gateway, service, db, keys, tmp_path
+):
+    """A DICOMweb router (dicomweb-client here) sends to the service, not to the gateway: the gateway
+    claims the record's results from the service and delivers them to the PACS, in the same study."""
+    orthanc, _ = pacs_and_gateway
+    pixels = (render_chest("Lung Opacity", np.random.default_rng(81)) * 4095).astype(np.uint16)
+    source = tmp_path / "stow-dx.dcm"
+    source.write_bytes(study_instance(pixels, 13, "PACS-STOW-1"))
+    sent = pydicom.dcmread(source)
+    stored_in_orthanc(orthanc, source)  # the modality's copy; the router's goes to the service
+    _, token = keys.create("dicomweb-router", "integration", 10_000)
+    web = DICOMwebClient(f"{service.base_url}/dicomweb", headers={"Authorization": f"Bearer {token}"})
+    answer = web.store_instances([sent])
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [sent.SOPInstanceUID]
+
+    (series,) = structured_reports(orthanc, sent.StudyInstanceUID)
+    (instance,) = httpx.get(f"{orthanc.url}/dicom-web/studies/{sent.StudyInstanceUID}/series/"
+                            f"{series['0020000E']['Value'][0]}/instances").json()  # fmt: skip
+    (found,) = httpx.post(f"{orthanc.url}/tools/lookup", content=instance["00080018"]["Value"][0]).json()
+    report = pydicom.dcmread(io.BytesIO(httpx.get(f"{orthanc.url}/instances/{found['ID']}/file").content))
+    evidence = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sent.SOPInstanceUID
+    assert report.PatientID == "PACS-STOW-1" and report.VerificationFlag == "UNVERIFIED"
+    record = db["predictions"].find_one({"dicom.sop_instance_uid": sent.SOPInstanceUID})
+    assert record["created_by"] == "dicomweb-router" and record["results_due"] is False
+    assert f"weights sha256 {record['model']['weights_sha256']}" in text_values(report)
+    (delivery,) = delivered(db, record["_id"])
+    assert delivery["status"] == "delivered" and delivery["report_uid"] == report.SOPInstanceUID
+    # Sent again by the router: the same record, nothing due again, no second report in the PACS.
+    web.store_instances([sent])
+    assert db["predictions"].find_one({"_id": record["_id"]})["results_due"] is False
+    assert len(structured_reports(orthanc, sent.StudyInstanceUID)) == 1
