@@ -70,6 +70,23 @@ def draw_banner(canvas: Image.Image, banner: int, lines: list[Line]) -> Image.Im
     return canvas
 
 
+def probability_text(value: float, digits: int = 1) -> str:
+    """A model's probability as people read it: never "100.0%" or "0.0%", which read as certainty
+    (a calibrated model's 0.99996 is not). Past the last step shown it is ">99.9%" or "<0.1%"."""
+    step = 10.0**-digits
+    shown = value * 100
+    if shown >= 100 - step / 2:
+        return f">{100 - step:.{digits}f}%"
+    if shown < step / 2:
+        return f"<{step:.{digits}f}%"
+    return f"{shown:.{digits}f}%"
+
+
+def caption(label: str, probability: float) -> str:
+    """The banner's headline: the finding and its probability, as the pages show it."""
+    return f"{label} {probability_text(probability)}"
+
+
 def annotate(image: Image.Image, headline: str, detail: str = NOTICE) -> Image.Image:
     canvas = display_image(image).convert("RGB")
     return draw_banner(canvas, *layout(canvas.size, headline, detail))

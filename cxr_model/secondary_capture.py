@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate
+from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, caption
 from cxr_model.dicom import decode
 from cxr_model.structured_report import result_uid
 
@@ -29,8 +29,7 @@ def build_capture(source_bytes: bytes, answer: dict, max_pixels: int) -> Dataset
     source = pydicom.dcmread(io.BytesIO(source_bytes))
     image, _ = decode(source_bytes, max_pixels)
     notice = DEMO_NOTICE if answer["model"].get("synthetic_demo") else NOTICE
-    caption = f"{answer['top_label']} {answer['confidence'] * 100:.1f}%"
-    pixels = np.asarray(annotate(image, caption, notice).convert("RGB"))
+    pixels = np.asarray(annotate(image, caption(answer["top_label"], answer["confidence"]), notice).convert("RGB"))
     stated = [str(v) for v in source.get("PatientOrientation") or []]
     # As the modality stated it, else how a frontal chest film is displayed (patient's left, feet).
     orientation = tuple(stated) if len(stated) == 2 and all(stated) else ("L", "F")

@@ -14,22 +14,16 @@ import numpy as np
 from PIL import Image
 from starlette.responses import Response
 
-from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, to_png
+from cxr_model.annotate import DEMO_NOTICE, NOTICE, annotate, caption, to_png
 from cxr_model.deidentify import deidentify
 from cxr_model.gradcam import overlay_heatmap
 from cxr_model.preprocessing import display_image, open_image, sniff_format
 from serve.prediction import Prediction
 from serve.records import ViewSource
-from ui.views import percent
 
 DISPLAY_SIDE = 1024  # the result view's image size; stored images keep full resolution
 THUMBNAIL_SIDE = 160
 MEDIA_TYPES = {"jpeg": "image/jpeg", "dicom": "application/dicom", "png": "image/png"}
-
-
-def caption(top_label: str, confidence: float) -> str:
-    # The same rounding as the page's bars: 99.9% must not be burnt into the image as 100%.
-    return f"{top_label} {percent(confidence)}"
 
 
 def annotated(prediction: Prediction, image: Image.Image | None = None) -> Image.Image:

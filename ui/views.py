@@ -15,6 +15,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from cxr_model.annotate import probability_text
+
 UI_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = UI_DIR / "templates"
 STATIC_DIR = UI_DIR / "static"
@@ -63,9 +65,17 @@ def is_htmx(headers) -> bool:
 
 
 def percent(value: float | None, digits: int = 1) -> str:
+    """A rate or a measured figure (accuracy, a miss rate): 100.0% and 0.0% mean what they say."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value * 100:.{digits}f}%"
+
+
+def probability(value: float | None, digits: int = 1) -> str:
+    """A model's probability: ">99.9%" / "<0.1%" at the ends, never a certainty it does not have."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return probability_text(value, digits)
 
 
 def when(value) -> str:
@@ -184,7 +194,7 @@ class PageRenderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(percent=percent, when=when, short_hash=short_hash)
+        self.env.filters.update(percent=percent, probability=probability, when=when, short_hash=short_hash)
         self.env.globals.update(
             notice=notice,
             demo_notice=demo_notice,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from html import unescape
 from html.parser import HTMLParser
 
 import pytest
 
+from cxr_model.annotate import caption
 from ui.views import (
     HTMX_FILE,
     HTMX_SHA256,
@@ -18,6 +20,7 @@ from ui.views import (
     headline_metrics,
     is_htmx,
     percent,
+    probability,
     probability_rows,
     scope_rates,
 )
@@ -306,3 +309,29 @@ def test_every_page_says_when_authentication_is_off_and_who_is_signed_in(rendere
     assert "Authentication is off" not in on
     assert "Signed in as <strong>dr-&lt;b&gt;</strong>" in on and 'action="/logout"' in on
     assert f'name="csrf_token" value="{TOKEN}"' in on  # signing out is a CSRF-protected post
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (1.0, ">99.9%"),
+        (0.99996, ">99.9%"),
+        (0.9995, ">99.9%"),
+        (0.9994, "99.9%"),
+        (0.5, "50.0%"),
+        (0.0006, "0.1%"),
+        (0.0004, "<0.1%"),
+        (0.0, "<0.1%"),
+        (None, "-"),
+    ],
+)
+def test_a_probability_never_reads_as_a_certainty(value, shown):
+    assert probability(value) == shown
+
+
+def test_pages_and_pictures_show_a_near_certain_prediction_without_claiming_certainty(renderer):
+    """The bars and the burnt-in caption of a calibrated 0.99997 prediction."""
+    rows = probability_rows({"COVID-19": 0.99997, "Normal": 0.00003}, ["COVID-19", "Normal"])
+    html = unescape(renderer.render("_probabilities.html", rows=rows, model={"task": "softmax"}))
+    assert ">99.9%" in html and "<0.1%" in html and "100.0%" not in html and "0.0%" not in html
+    assert caption("COVID-19", 0.99997) == "COVID-19 >99.9%"
