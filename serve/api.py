@@ -25,22 +25,12 @@ from serve.prediction import public_record
 from serve.predictions import PredictionService
 from serve.records import IMAGE_KINDS
 from serve.routes import RouteOwner, route
-from serve.uploads import Upload, read_batch, read_upload
+from serve.uploads import Upload, json_body, read_batch, read_upload
 
 OPENAPI = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
 READY_CHECKS = ("model", "database")
 MAX_AUDIT_ENTRIES = 1000
 MAX_CLAIM = 32  # records per claim: each is an instance the gateway then fetches
-
-
-async def json_body(request: Request, fields: str = "") -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise InputError(400, "bad_json", f"send a JSON object{': ' + fields if fields else ''}")
-    return body
 
 
 class Api(RouteOwner):

@@ -34,6 +34,8 @@ ACTIONS = (
     "key_revoke",
     "delivery",
     "claim",  # a gateway took over delivering a STOW-RS record's results
+    "reading",  # a radiologist claimed a study to read
+    "review",
 )
 
 

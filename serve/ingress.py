@@ -24,8 +24,10 @@ from serve.authentication import Authenticator, refusal
 from serve.dicomweb import DicomWeb
 from serve.errors import Unavailable
 from serve.fhir import Fhir
+from serve.monitoring import Monitoring
 from serve.pages import Pages
 from serve.predictions import PredictionService
+from serve.reading import Reading
 from serve.routes import build_routes
 from serve.security_headers import SecurityHeaders
 from serve.settings import ServeSettings
@@ -43,9 +45,11 @@ class Ingress:
         self.pages = Pages(self.predictions, store, self.authenticator)
         self.dicomweb = DicomWeb(self.predictions, self.authenticator)
         self.fhir = Fhir(self.predictions, store)
+        self.reading = Reading(self.predictions, store, self.authenticator)
+        self.monitoring = Monitoring(self.predictions, store, self.authenticator)
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        owners = (self.api, self.pages, self.dicomweb, self.fhir)
+        owners = (self.api, self.pages, self.dicomweb, self.fhir, self.reading, self.monitoring)
         routes = [route for owner in owners for route in build_routes(owner, self.authenticator)]
         return Starlette(
             routes=routes + [Mount("/static", StaticFiles(directory=STATIC_DIR))],

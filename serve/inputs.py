@@ -17,6 +17,7 @@ from PIL import Image
 from cxr_model.dicom import DicomIdentifiers, header_patient_id, read_identifiers
 from cxr_model.preprocessing import ImageDecodeError, PreprocessSpec, open_export, resize_levels, sniff_format
 from serve.errors import InputError, InvalidRequest
+from serve.reviews import MAX_COMMENT, VERDICTS, findings_of
 
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
@@ -230,3 +231,41 @@ def decode_required(data: bytes | None, max_pixels: int) -> Image.Image:
     if data is None:
         raise InputError(400, "missing_image", "an 'image' file is required", "image")
     return decode_upload(data, max_pixels)
+
+
+@dataclass(frozen=True)
+class ReviewInput:
+    verdict: str
+    findings: list[str]  # what the radiologist reads as present
+    comment: str
+
+
+def validate_review(body: dict, record: dict) -> ReviewInput:
+    """A radiologist's verdict on ``record``: ``agree``, or ``disagree`` with the findings as read
+    (one label for a softmax model; any set of its labels, none included, for a multi-label one)."""
+    verdict, findings, comment = body.get("verdict"), body.get("findings"), body.get("comment") or ""
+    labels = list(record["model"].get("labels") or record["probabilities"])
+    predicted = findings_of(record)
+    if verdict not in VERDICTS:
+        raise InputError(400, "bad_review", f"verdict is one of {VERDICTS}", "verdict")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT or not _printable_text(comment):
+        raise InputError(400, "bad_review", f"comment is at most {MAX_COMMENT} printable characters", "comment")
+    if verdict == "agree":
+        if findings is not None and sorted(findings if isinstance(findings, list) else [findings]) != predicted:
+            raise InputError(
+                400, "bad_review", "agreeing keeps the model's findings; to change them, disagree", "findings"
+            )
+        return ReviewInput(verdict, predicted, comment)
+    if not isinstance(findings, list) or not all(isinstance(f, str) and f in labels for f in findings):
+        raise InputError(400, "bad_review", f"findings is a list of this model's labels: {labels}", "findings")
+    if len(set(findings)) != len(findings):
+        raise InputError(400, "bad_review", "a finding is named twice", "findings")
+    if record["model"].get("task", "softmax") != "multilabel" and len(findings) != 1:
+        raise InputError(400, "bad_review", "this model gives one label: name the one you read", "findings")
+    if sorted(findings) == predicted:
+        raise InputError(400, "bad_review", "these are the model's own findings: that is agree", "findings")
+    return ReviewInput(verdict, sorted(findings), comment)
+
+
+def _printable_text(text: str) -> bool:
+    return all(c.isprintable() or c in "\n\r\t" for c in text)

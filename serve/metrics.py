@@ -66,3 +66,39 @@ class StoreMetrics:
             description="image files and chunks left by interrupted saves, removed by the orphan sweep",
             tag_keys=("kind",),
         )
+
+
+class ReviewMetrics:
+    """The model's agreement with its radiologists (``serve.agreement``), refreshed by the ResultStore."""
+
+    def __init__(self):
+        self.reviewed = Gauge(
+            "cxr_reviewed_records", description="records with a current review", tag_keys=("model_version",)
+        )
+        self.agreement = Gauge(
+            "cxr_review_agreement_ratio",
+            description="share of current reviews that agree with the model",
+            tag_keys=("model_version",),
+        )
+        self.ppv = Gauge(
+            "cxr_review_ppv_ratio",
+            description="of the reviewed records the model called positive for a label, the share the radiologist did",
+            tag_keys=("model_version", "label"),
+        )
+        self.sensitivity = Gauge(
+            "cxr_review_sensitivity_ratio",
+            description="of the reviewed records a radiologist found a label in, the share the model called",
+            tag_keys=("model_version", "label"),
+        )
+
+    def show(self, models) -> None:
+        for model in models:
+            version = {"model_version": model.model_version}
+            self.reviewed.set(model.reviewed, tags=version)
+            self.agreement.set(model.agreement.value or 0.0, tags=version)
+            for label in model.labels:
+                tags = version | {"label": label.label}
+                if label.ppv.n:
+                    self.ppv.set(label.ppv.value, tags=tags)
+                if label.sensitivity.n:
+                    self.sensitivity.set(label.sensitivity.value, tags=tags)

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
-from cxr_model.annotate import DEMO_NOTICE, NOTICE
 from cxr_model.preprocessing import open_image, sniff_format
-from serve import csrf
 from serve.authentication import Authenticator, identity_of, too_many
 from serve.errors import InputError, InvalidRequest, ServiceError, Unavailable
 from serve.held_uploads import HeldUploads, held_size
-from serve.identity import MODEL, PREDICT, READ_OWN
+from serve.identity import MODEL, PREDICT, READ_OWN, REVIEW
 from serve.images import (
     PAGE_IMAGE_CACHE,
     THUMBNAIL_SIDE,
@@ -32,17 +31,17 @@ from serve.images import (
     jpeg,
 )
 from serve.inputs import MAX_PAGE, validate_page, validate_patient_id
+from serve.page_base import FORBIDDEN, PageBase, secure
 from serve.prediction import ANALYSED, Prediction, public_record
 from serve.predictions import PredictionService
-from serve.records import IMAGE_KINDS, SaveResult
-from serve.routes import RouteOwner, route
+from serve.records import IMAGE_KINDS, SaveResult, now
+from serve.routes import route
 from serve.sessions import SESSION_COOKIE, SessionCookies
-from serve.uploads import Upload, read_small_form, read_upload
-from ui.views import PageRenderer, data_uri, field_messages, headline_metrics, is_htmx, probability_rows, scope_rates
+from serve.uploads import Upload, read_upload
+from ui.views import data_uri, field_messages, headline_metrics, is_htmx, probability_rows, scope_rates
 
 PAGE_SIZE = 10
 PAGE_MESSAGE = f"The page number must be a whole number from 1 to {MAX_PAGE}."
-FORBIDDEN = "This form has expired or did not come from this site. Reload the page and try again."
 UNAVAILABLE = {
     "model_changing": "The model is being replaced. Try again in a moment.",
     "overloaded": "The service is busy right now. Try again in a few seconds.",
@@ -99,39 +98,14 @@ def thumbnail_jpeg(data: bytes, max_pixels: int) -> bytes:
     return jpeg(display_copy(open_image(data, max_pixels), THUMBNAIL_SIDE))
 
 
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
-
-
-class Pages(RouteOwner):
+class Pages(PageBase):
     def __init__(self, predictions: PredictionService, store: DeploymentHandle, authenticator: Authenticator):
-        self.predictions, self.store, self.authenticator = predictions, store, authenticator
-        self.settings = predictions.settings
-        self.renderer = PageRenderer(NOTICE, DEMO_NOTICE)
+        super().__init__(predictions, store, authenticator)
         self.held = HeldUploads(
             self.settings.held_uploads, self.settings.held_upload_bytes, self.settings.held_upload_s
         )
 
     # -- shared page plumbing ------------------------------------------------------------------------
-
-    async def _synthetic_demo(self) -> bool:
-        try:
-            return bool((await self.predictions.card()).synthetic_demo)
-        except Exception:  # the banner must not take the page down with the model
-            return False
-
-    async def _page(self, request: Request, full: str, partial: str | None, status: int = 200, **context) -> Response:
-        template = partial if partial and is_htmx(request.headers) else full
-        context["synthetic_demo"] = await self._synthetic_demo()
-        context["csrf_token"], new_token = csrf.token_for(request.cookies)
-        context["auth_off"] = self.authenticator.off
-        identity = getattr(request.state, "identity", None)
-        context["user"] = identity.name if identity is not None and not self.authenticator.off else None
-        headers = {"Cache-Control": "no-store", "Vary": "HX-Request"}  # pages show patient data
-        response = HTMLResponse(self.renderer.render(template, **context), status, headers=headers)
-        if new_token:
-            response.headers.append("set-cookie", csrf.cookie_header(context["csrf_token"], _secure(request)))
-        return response
 
     def _form(self, fields: dict | None = None, errors: dict | None = None, held: str | None = None) -> dict:
         fields = fields or {}
@@ -157,18 +131,12 @@ class Pages(RouteOwner):
             error=errors,
         )
 
-    async def _message(self, request: Request, status: int, title: str, message: str) -> Response:
-        return await self._page(request, "message.html", None, status, title=title, message=message)
-
     async def form_refused(self, request: Request, error: ServiceError) -> Response:
         if isinstance(error, InputError):
             self.predictions.reject(error)
         return await self._error_page(
             request, error.status, {}, field_messages([(error.field, error.code, str(error))])
         )
-
-    async def error_response(self, request: Request, error: ServiceError) -> Response:
-        return await self._message(request, error.status, "Request refused", str(error))
 
     async def forbidden(self, request: Request) -> Response:
         if is_htmx(request.headers):
@@ -177,9 +145,6 @@ class Pages(RouteOwner):
 
     async def upload_form(self, request: Request) -> Upload:
         return await read_upload(request, self.settings.max_upload_bytes, image_required=False)
-
-    async def small_form(self, request: Request) -> Upload:
-        return await read_small_form(request)
 
     # -- new prediction ------------------------------------------------------------------------------
 
@@ -262,13 +227,18 @@ class Pages(RouteOwner):
         record["images"] = {
             kind: f"/predictions/{record['prediction_id']}/image?kind={kind}" for kind in record["images"]
         }
-        rows = []
+        rows, reviews, actor = [], [], identity_of(request)
         if record["status"] == ANALYSED:
             model = record["model"]
             rows = probability_rows(
                 record["probabilities"], model["labels"], model.get("thresholds"), record.get("positives")
             )
-        return await self._page(request, "prediction.html", None, record=record, rows=rows)
+            reviews = await self.store.review_history.remote(record["prediction_id"], actor)
+        if record.get("reading"):
+            until = datetime.fromisoformat(record["reading"]["until"])
+            record["reading"] |= {"live": until > now(), "until_text": until.strftime("%H:%M UTC")}
+        context = {"rows": rows, "reviews": reviews, "can_review": actor.may(REVIEW), "user_name": actor.name}
+        return await self._page(request, "prediction.html", None, record=record, **context)
 
     @route("/predictions/{prediction_id}/image", needs=READ_OWN)
     async def prediction_image(self, request: Request) -> Response:
@@ -367,7 +337,7 @@ class Pages(RouteOwner):
             return await self.login_form(request, 401, "This API key is not valid or has been revoked.")
         session_id = await self.store.start_session.remote(identity, client)
         response = RedirectResponse(_local_path(form.fields.get("next")), 303)
-        response.headers.append("set-cookie", self.authenticator.cookies.header(session_id, _secure(request)))
+        response.headers.append("set-cookie", self.authenticator.cookies.header(session_id, secure(request)))
         return response
 
     @route("/logout", "POST", needs=None, form="small_form")

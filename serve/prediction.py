@@ -95,6 +95,10 @@ def public_record(record: dict) -> dict:
     out["prediction_id"] = record["_id"]
     out["created_at"] = record["created_at"].isoformat()
     out["status"] = record.get("status", ANALYSED)
+    if "review" in record:  # the current radiologist review (serve.reviews)
+        out["review"] = record["review"] | {"at": record["review"]["at"].isoformat()}
+    if "reading" in record:  # a radiologist's claim; past "until" it has lapsed
+        out["reading"] = {"by": record["reading"]["by"], "until": record["reading"]["until"].isoformat()}
     out["images"] = {kind: f"/api/v1/predictions/{record['_id']}/image?kind={kind}" for kind in view_kinds(record)}
     return out
 

@@ -13,12 +13,14 @@ Which checkpoint is served, highest first (applied in ``serve.app`` and ``Batche
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cxr_model.preprocessing import PreprocessSpec
+from serve.worklist import UrgencyPolicy
 
 
 class ServeSettings(BaseSettings):
@@ -66,6 +68,18 @@ class ServeSettings(BaseSettings):
     # and while the database is down, for this much longer.
     key_cache_s: float = Field(default=30, ge=0)
     key_stale_s: float = Field(default=900, ge=0)
+    # The worklist's reading order (serve.worklist): a weight per label (JSON; others weigh 1), the
+    # bands' cut-offs on weight x probability, and the longest wait before an entry goes to the top.
+    worklist_weights: dict[str, float] = Field(
+        default_factory=lambda: {"COVID-19": 3.0, "Lung Opacity": 2.0, "Viral Pneumonia": 2.0, "Normal": 0.0}
+    )
+    worklist_urgent_at: float = Field(default=1.5, ge=0)
+    worklist_soon_at: float = Field(default=0.75, ge=0)
+    worklist_max_wait_minutes: float = Field(default=240, gt=0)
+    # A radiologist's claim on a study ("reading now"), so that two do not read the same one; it
+    # lapses by itself after this long.
+    review_claim_minutes: float = Field(default=15, gt=0, le=24 * 60)
+    agreement_refresh_s: float = Field(default=60, gt=0)  # how often the review agreement gauges are recomputed
     # A gateway's hold on the STOW-RS records it claimed: if it reports none of them in this time
     # (it died), another gateway may claim them.
     delivery_lease_s: float = Field(default=300, gt=0)
@@ -88,6 +102,22 @@ class ServeSettings(BaseSettings):
     # older than the grace period, which must outlast any save still in progress.
     orphan_sweep_interval_s: float = Field(default=600, gt=0)
     orphan_grace_s: float = Field(default=900, ge=60)
+
+    def urgency_policy(self) -> UrgencyPolicy:
+        return UrgencyPolicy(
+            dict(self.worklist_weights),
+            self.worklist_urgent_at,
+            self.worklist_soon_at,
+            timedelta(minutes=self.worklist_max_wait_minutes),
+        )
+
+    @model_validator(mode="after")
+    def _worklist_bands_in_order(self):
+        if self.worklist_soon_at > self.worklist_urgent_at:
+            raise ValueError("CXR_WORKLIST_SOON_AT must not be above CXR_WORKLIST_URGENT_AT")
+        if any(w < 0 for w in self.worklist_weights.values()):
+            raise ValueError("CXR_WORKLIST_WEIGHTS are 0 or more")
+        return self
 
     @model_validator(mode="after")
     def _auth_off_only_in_the_demo(self):

@@ -13,12 +13,16 @@ import logging
 from pymongo.errors import PyMongoError
 from ray import serve
 
+from serve.agreement import agreement
 from serve.api_keys import ApiKeys
 from serve.audit import AuditLog, pseudonym
 from serve.identity import DELIVER, Identity
-from serve.metrics import StoreMetrics
+from serve.inputs import ReviewInput
+from serve.metrics import ReviewMetrics, StoreMetrics
 from serve.orphans import OrphanSweeper, SweepResult
+from serve.periodic import Periodic
 from serve.records import RESULTS_DUE, PredictionRecords, SaveResult, ViewSource
+from serve.reviews import Claim, Reviews
 from serve.sessions import SessionStore
 from serve.settings import ServeSettings
 
@@ -51,6 +55,15 @@ class ResultStore:
             self.records, settings.orphan_sweep_interval_s, settings.orphan_grace_s, self._count_swept
         )
         self.sweeper.start()
+        self.reviews, self.review_metrics = Reviews(self.records.db), ReviewMetrics()
+        self.refresher = Periodic(settings.agreement_refresh_s, self._refresh_agreement)
+        self.refresher.start()
+
+    def _refresh_agreement(self) -> list:
+        """Every replica exports the same figures: each recomputes them from the database."""
+        models = agreement(self.reviews.current())
+        self.review_metrics.show(models)
+        return models
 
     def _count_swept(self, result: SweepResult) -> None:
         for kind, count in (("files", result.files), ("chunks", result.chunks)):
@@ -61,6 +74,9 @@ class ResultStore:
         sweeper = getattr(self, "sweeper", None)  # absent when __init__ failed
         if sweeper is not None:
             sweeper.stop()
+        refresher = getattr(self, "refresher", None)
+        if refresher is not None:
+            refresher.stop()
 
     def _log(self, actor: Identity, action: str, prediction_id: str | None, patient_id: str | None) -> None:
         # Logs name patients by keyed pseudonym only; the audit collection keeps the real ID.
@@ -151,6 +167,38 @@ class ResultStore:
         self.audit.record(actor, "search", patient_id=patient_id, detail=f"page {page}")
         self._log(actor, "search", None, patient_id)
         return self.records.by_patient(patient_id, page, page_size, self._owner(actor))
+
+    def worklist(self, actor: Identity, source: str | None, since, until) -> tuple[list[dict], list[str]]:
+        """Unreviewed analysed records (all patients: ``READ``), and who sent them."""
+        records = self.reviews.unreviewed(source, since, until)
+        self.audit.record(actor, "search", detail=f"worklist: {len(records)} unreviewed")
+        return records, self.reviews.sources()
+
+    def claim_for_review(self, prediction_id: str, minutes: float, actor: Identity) -> Claim:
+        claim = self.reviews.claim(prediction_id, actor.name, minutes)
+        if claim.outcome == "claimed":
+            self.audit.record(actor, "reading", prediction_id=prediction_id, detail=f"until {claim.until:%H:%M} UTC")
+        return claim
+
+    def release_review(self, prediction_id: str, actor: Identity) -> bool:
+        return self.reviews.release(prediction_id, actor.name)
+
+    def add_review(self, prediction_id: str, review: ReviewInput, actor: Identity) -> dict | None:
+        """Append a review (``None``: no analysed record has this id); the agreement follows at once."""
+        record = self.records.get(prediction_id)
+        if record is None or record.get("status") == "not_analysed":
+            return None
+        added = self.reviews.add(record, review.verdict, review.findings, review.comment, actor.name)
+        detail = f"{review.verdict}: {', '.join(review.findings) or 'no finding'}"
+        self.audit.record(actor, "review", prediction_id=prediction_id, patient_id=record["patient_id"], detail=detail)
+        self._refresh_agreement()
+        return added
+
+    def review_history(self, prediction_id: str, actor: Identity) -> list[dict]:
+        return self.reviews.history(prediction_id) if self.records.get(prediction_id, self._owner(actor)) else []
+
+    def agreement(self) -> list[dict]:
+        return [model.to_dict() for model in self._refresh_agreement()]
 
     def verify_key(self, token: str) -> Identity | None:
         return self.keys.verify(token)

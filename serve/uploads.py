@@ -130,10 +130,23 @@ async def read_batch(request: Request, max_image_bytes: int, max_items: int) -> 
         await form.close()
 
 
-async def read_small_form(request: Request) -> Upload:
-    """A page's small form (login, logout, save): a few short fields, no files."""
+async def json_body(request: Request, fields: str = "") -> dict:
+    """An API request's JSON object body; 400 for anything else."""
     try:
-        form = await request.form(max_files=0, max_fields=SMALL_FORM_FIELDS, max_part_size=SMALL_FIELD_BYTES)
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise InputError(400, "bad_json", f"send a JSON object{': ' + fields if fields else ''}")
+    return body
+
+
+async def read_small_form(
+    request: Request, max_fields: int = SMALL_FORM_FIELDS, max_field_bytes: int = SMALL_FIELD_BYTES
+) -> Upload:
+    """A page's small form (login, logout, save, a review): a few short fields, no files."""
+    try:
+        form = await request.form(max_files=0, max_fields=max_fields, max_part_size=max_field_bytes)
     except BodyTooLarge:
         raise InputError(413, "too_large", "the form is larger than this page sends") from None
     except Exception as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -83,6 +83,16 @@ def when(value) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
+
+
+def duration(value: timedelta) -> str:
+    """A wait as a reader says it: "45 min", "3 h 05 min", "2 d 4 h"."""
+    minutes = int(value.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 24 * 60:
+        return f"{minutes // 60} h {minutes % 60:02d} min"
+    return f"{minutes // (24 * 60)} d {minutes % (24 * 60) // 60} h"
 
 
 def short_hash(value: str | None, length: int = 12) -> str:
@@ -194,7 +204,9 @@ class PageRenderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(percent=percent, probability=probability, when=when, short_hash=short_hash)
+        self.env.filters.update(
+            percent=percent, probability=probability, duration=duration, when=when, short_hash=short_hash
+        )
         self.env.globals.update(
             notice=notice,
             demo_notice=demo_notice,

@@ -60,4 +60,56 @@
   document.addEventListener("htmx:timeout", function (event) {
     showFailure(event, "The service took too long to answer. Try again.");
   });
+  // Worklist: j / k move between studies (not while typing), Enter opens the focused one.
+  function worklistLinks() {
+    return Array.prototype.slice.call(document.querySelectorAll("#worklist a.worklist-open"));
+  }
+  document.addEventListener("keydown", function (event) {
+    if ((event.key !== "j" && event.key !== "k") || event.ctrlKey || event.metaKey || event.altKey) return;
+    var here = event.target;
+    if (here && (/^(INPUT|SELECT|TEXTAREA)$/.test(here.tagName) || here.isContentEditable)) return;
+    var links = worklistLinks();
+    if (!links.length) return;
+    var row = document.activeElement && document.activeElement.closest ? document.activeElement.closest("tr") : null;
+    var index = -1;
+    links.forEach(function (link, i) { if (row && row.contains(link)) { index = i; } });
+    var next = event.key === "j" ? Math.min(index + 1, links.length - 1) : Math.max(index - 1, 0);
+    links[next].focus();
+    links[next].scrollIntoView({ block: "nearest" });
+    event.preventDefault();
+  });
+
+  // The worklist refreshes itself: keep the reader's focus on the same study (or the same place in
+  // the list, if that study left it), and announce only a change in the count.
+  var kept = null;
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (!target || target.id !== "worklist") return;
+    var active = document.activeElement;
+    kept = null;
+    if (active && target.contains(active)) {
+      var links = worklistLinks();
+      var row = active.closest("tr");
+      kept = { id: active.id, index: links.findIndex(function (l) { return row && row.contains(l); }) };
+    }
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var target = event.detail.target;
+    if (!target || target.id !== "worklist") return;
+    if (kept) {
+      var again = kept.id ? document.getElementById(kept.id) : null;
+      var links = worklistLinks();
+      again = again || links[Math.min(Math.max(kept.index, 0), links.length - 1)] || target;
+      if (again === target) { target.setAttribute("tabindex", "-1"); }
+      again.focus({ preventScroll: true });
+    }
+    var count = target.querySelector("[data-total]");
+    var status = document.getElementById("worklist-status");
+    if (count && status) {
+      if (status.dataset.total !== undefined && status.dataset.total !== count.dataset.total) {
+        status.textContent = count.textContent.replace(/\s+/g, " ").trim();
+      }
+      status.dataset.total = count.dataset.total;
+    }
+  });
 })();
