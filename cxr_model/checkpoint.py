@@ -57,6 +57,9 @@ class ModelCard:
     synthetic_demo: bool = False
     # Verified runtime exports beyond fp32 ONNX, e.g. {"onnx_int8": {agreement with fp32, method, ...}}.
     exports: dict = field(default_factory=dict)
+    # What the validation split's predictions looked like, for drift without ground truth (cxr_model.drift):
+    # top-label shares, confidence and feature-gate distance histograms. Empty on cards made before it.
+    drift_reference: dict = field(default_factory=dict)
     schema_version: int = CARD_SCHEMA_VERSION
 
     @property

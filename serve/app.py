@@ -55,7 +55,13 @@ def with_secrets(settings: ServeSettings) -> ServeSettings:
 def build_app(args: AppArgs) -> Application:
     settings = with_secrets(ServeSettings())
     classifier = BatchedClassifier.bind(
-        initial_checkpoint(settings, args), args.device, args.runtime, args.compile, args.precision
+        initial_checkpoint(settings, args),
+        args.device,
+        args.runtime,
+        args.compile,
+        args.precision,
+        drift_window=settings.drift_window,
+        drift_min_window=settings.drift_min_window,
     )
     store = ResultStore.bind(settings)
     return Ingress.bind(classifier, store, settings)

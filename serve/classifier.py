@@ -4,7 +4,8 @@ It receives decoded grey levels at the model's input size (decoding and
 validation happen in the ingress, so one bad upload never fails a batch),
 stacks them, normalises, and runs one forward pass per ``@serve.batch``.
 ``user_config`` rolls a new checkpoint in without restarting the app and tunes
-batch size and wait time at runtime.
+batch size and wait time at runtime. Every image it runs also goes into the model version's drift
+window (``cxr_model.drift``), exported as PSI gauges against the model card's reference.
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from cxr_model.classifier import low_confidence, positive_labels
+from cxr_model.drift import DriftReferenceError, DriftWindow
 from cxr_model.engine import Engine, check_runtime, load_engine, stack_levels
 from cxr_model.gradcam import gradcam
-from serve.metrics import ClassifierMetrics
+from serve.metrics import ClassifierMetrics, DriftMetrics
 from serve.model_results import Explanation, InputSizeMismatch, ModelInfo, ModelOutput, OutOfScope
+
+logger = logging.getLogger("ray.serve")
+
+# PSI over the window at most this often: Ray exports every few seconds, so more would be wasted CPU.
+DRIFT_REFRESH_S = 1.0
 
 
 class ExpectedRefusals(logging.Filter):
@@ -42,6 +49,7 @@ class ServedModel:
 
     engine: Engine  # checkpoint, runtime, gates: shared with archive scoring (cxr_model.engine)
     info: ModelInfo
+    drift: DriftWindow  # this version's own: a roll starts an empty window against the new card's reference
 
     @property
     def card(self):
@@ -70,6 +78,9 @@ class BatchedClassifier:
         runtime: str = "auto",
         compile: bool = False,
         precision: str = "fp32",
+        *,
+        drift_window: int,
+        drift_min_window: int,
     ):
         check_runtime(runtime, precision)
         self.device, self.runtime, self.compile, self.precision = device, runtime, compile, precision
@@ -77,13 +88,49 @@ class BatchedClassifier:
         self.threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(self.threads)
         self.metrics = ClassifierMetrics()
+        self.drift_sizes, self.drift_metrics = (drift_window, drift_min_window), DriftMetrics()
+        self._drift_shown, self._drift_failed = 0.0, False
         logging.getLogger("ray.serve").addFilter(ExpectedRefusals())
         self.served = self._load(checkpoint)
         self._mark_loaded(self.served.card)
+        self._drift(self.served)
 
     def _load(self, checkpoint: str) -> ServedModel:
         engine = load_engine(checkpoint, self.device, self.runtime, self.precision, self.threads, self.compile)
-        return ServedModel(engine, ModelInfo.from_card(engine.card, engine.runtime, engine.precision))
+        info = ModelInfo.from_card(engine.card, engine.runtime, engine.precision)
+        return ServedModel(engine, info, self._drift_window(engine.card))
+
+    def _drift_window(self, card) -> DriftWindow:
+        """The window for one model version; said once per load when it will report no PSI."""
+        reference = card.drift_reference or None
+        try:
+            window = DriftWindow(reference, card.labels, *self.drift_sizes)
+        except DriftReferenceError as error:
+            logger.warning("model %s %s: %s; no drift PSI is exported", card.name, card.version, error)
+            return DriftWindow(None, card.labels, *self.drift_sizes)
+        if reference is None:
+            logger.info(
+                "model %s %s has no drift reference in its card (trained before drift monitoring): no drift PSI "
+                "is exported, only the window size; retrain to get one",
+                card.name,
+                card.version,
+            )
+        return window
+
+    def _drift(self, served: ServedModel, probs: np.ndarray | None = None, verdicts=None) -> None:
+        """Record a batch (if given) and refresh the gauges. Drift is monitoring: it never fails a prediction
+        or a health check, and a failure is logged once per replica."""
+        try:
+            if probs is not None:
+                served.drift.add_verdicts(probs, verdicts)
+                if time.monotonic() - self._drift_shown < DRIFT_REFRESH_S:
+                    return
+            self._drift_shown = time.monotonic()
+            self.drift_metrics.show(served.card.version, len(served.drift), served.drift.psi())
+        except Exception:
+            if not self._drift_failed:
+                self._drift_failed = True
+                logger.exception("drift monitoring failed (predictions are unaffected)")
 
     def _mark_loaded(self, card, loaded: int = 1) -> None:
         self.metrics.model_loaded.set(loaded, tags={"model": card.name, "version": card.version})
@@ -97,6 +144,7 @@ class BatchedClassifier:
             self.metrics.rolls.inc()
             self._mark_loaded(old, 0)
             self._mark_loaded(self.served.card)
+            self._drift(self.served)  # the old version's drift series lapse: Ray drops gauges no longer set
         self._predict_batch.set_max_batch_size(config.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
@@ -126,6 +174,7 @@ class BatchedClassifier:
             self.metrics.gate_rechecks.inc(rechecked)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_sizes.observe(len(good))
+        self._drift(served, probs, verdicts)
         positives = positive_labels(probs, served.card)
         for row, verdict, called, i in zip(probs, verdicts, positives, good):
             if verdict is not None and not verdict.in_scope:
@@ -156,3 +205,4 @@ class BatchedClassifier:
             raise RuntimeError("no model loaded")
         # Re-set every health check (10 s): Ray stops exporting a gauge that is never updated again.
         self._mark_loaded(self.served.card)
+        self._drift(self.served)

@@ -242,30 +242,45 @@ class ReviewInput:
 
 def validate_review(body: dict, record: dict) -> ReviewInput:
     """A radiologist's verdict on ``record``: ``agree``, or ``disagree`` with the findings as read
-    (one label for a softmax model; any set of its labels, none included, for a multi-label one)."""
-    verdict, findings, comment = body.get("verdict"), body.get("findings"), body.get("comment") or ""
-    labels = list(record["model"].get("labels") or record["probabilities"])
-    predicted = findings_of(record)
+    (one label for a softmax model; any set of its labels, none included, for a multi-label one).
+    400 for a body of the wrong shape; 422 for findings that do not fit this record's model."""
+    verdict, findings, comment = body.get("verdict"), body.get("findings"), body.get("comment", "")
     if verdict not in VERDICTS:
         raise InputError(400, "bad_review", f"verdict is one of {VERDICTS}", "verdict")
     if not isinstance(comment, str) or len(comment) > MAX_COMMENT or not _printable_text(comment):
-        raise InputError(400, "bad_review", f"comment is at most {MAX_COMMENT} printable characters", "comment")
+        raise InputError(400, "bad_review", f"comment is at most {MAX_COMMENT} characters, no control codes", "comment")
+    if findings is not None and not (isinstance(findings, list) and all(isinstance(f, str) for f in findings)):
+        raise InputError(400, "bad_review", "findings is a list of labels", "findings")
+    if verdict == "disagree" and findings is None:
+        raise InputError(400, "bad_review", "disagreeing names the findings as read (an empty list: none)", "findings")
+    return ReviewInput(verdict, _fitting(verdict, findings, record), comment)
+
+
+def _fitting(verdict: str, findings: list[str] | None, record: dict) -> list[str]:
+    """The findings, checked against what this record's model can say and said (422 otherwise)."""
+    labels = list(record["model"].get("labels") or record["probabilities"])
+    predicted = findings_of(record)
+
+    def unfit(message: str) -> InputError:
+        return InputError(422, "findings_do_not_fit", message, "findings")
+
     if verdict == "agree":
-        if findings is not None and sorted(findings if isinstance(findings, list) else [findings]) != predicted:
-            raise InputError(
-                400, "bad_review", "agreeing keeps the model's findings; to change them, disagree", "findings"
-            )
-        return ReviewInput(verdict, predicted, comment)
-    if not isinstance(findings, list) or not all(isinstance(f, str) and f in labels for f in findings):
-        raise InputError(400, "bad_review", f"findings is a list of this model's labels: {labels}", "findings")
+        if findings is not None and sorted(findings) != predicted:
+            raise unfit("agreeing keeps the model's findings; to change them, disagree")
+        return predicted
+    if not all(f in labels for f in findings):
+        raise unfit(f"findings are labels of this record's model: {labels}")
     if len(set(findings)) != len(findings):
-        raise InputError(400, "bad_review", "a finding is named twice", "findings")
+        raise unfit("a finding is named twice")
     if record["model"].get("task", "softmax") != "multilabel" and len(findings) != 1:
-        raise InputError(400, "bad_review", "this model gives one label: name the one you read", "findings")
+        raise unfit("this record's model gives one label: name the one you read")
     if sorted(findings) == predicted:
-        raise InputError(400, "bad_review", "these are the model's own findings: that is agree", "findings")
-    return ReviewInput(verdict, sorted(findings), comment)
+        raise unfit("these are the model's own findings: that is agree")
+    return sorted(findings)
+
+
+CONTROL_CODES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # what a comment may not hold
 
 
 def _printable_text(text: str) -> bool:
-    return all(c.isprintable() or c in "\n\r\t" for c in text)
+    return CONTROL_CODES.search(text) is None

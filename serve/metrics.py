@@ -102,3 +102,26 @@ class ReviewMetrics:
                     self.ppv.set(label.ppv.value, tags=tags)
                 if label.sensitivity.n:
                     self.sensitivity.set(label.sensitivity.value, tags=tags)
+
+
+class DriftMetrics:
+    """Input drift against the model card's validation-split reference (``cxr_model.drift``), per classifier
+    replica. No PSI series while the window is short or the checkpoint has no reference; the window size
+    always, so a dashboard tells "no drift" from "not measured"."""
+
+    def __init__(self):
+        self.psi = Gauge(
+            "cxr_drift_psi",
+            description="population stability index of served images against the validation split, by feature",
+            tag_keys=("feature", "model_version"),
+        )
+        self.window_size = Gauge(
+            "cxr_drift_window_size",
+            description="images in the drift window the PSI is computed over",
+            tag_keys=("model_version",),
+        )
+
+    def show(self, version: str, window_size: int, psi: dict[str, float]) -> None:
+        self.window_size.set(window_size, tags={"model_version": version})
+        for feature, value in psi.items():
+            self.psi.set(value, tags={"feature": feature, "model_version": version})

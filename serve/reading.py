@@ -44,8 +44,8 @@ class WorklistFilters:
         band, source = query.get("band") or None, (query.get("source") or "").strip() or None
         if band is not None and band not in BANDS:
             raise InputError(400, "bad_filter", f"band is one of {BANDS}", "band")
-        if source is not None and (len(source) > MAX_SOURCE or not source.isprintable()):
-            raise InputError(400, "bad_filter", f"source is at most {MAX_SOURCE} printable characters", "source")
+        if source is not None and len(source) > MAX_SOURCE:  # matched exactly against a sender's name
+            raise InputError(400, "bad_filter", f"source is at most {MAX_SOURCE} characters", "source")
         since, until = _day(query.get("since"), "since"), _day(query.get("until"), "until")
         if since and until and since > until:
             raise InputError(400, "bad_filter", "since is a day on or before until", "since")

@@ -102,6 +102,11 @@ class ServeSettings(BaseSettings):
     # older than the grace period, which must outlast any save still in progress.
     orphan_sweep_interval_s: float = Field(default=600, gt=0)
     orphan_grace_s: float = Field(default=900, ge=60)
+    # Input drift without ground truth (cxr_model.drift): each classifier replica compares its last
+    # drift_window images with the model card's validation-split reference, and exports PSI only once
+    # it holds drift_min_window of them (two samples of one distribution differ by chance; fewer is noise).
+    drift_window: int = Field(default=500, ge=10, le=100_000)
+    drift_min_window: int = Field(default=100, ge=10)
 
     def urgency_policy(self) -> UrgencyPolicy:
         return UrgencyPolicy(
@@ -129,4 +134,10 @@ class ServeSettings(BaseSettings):
             raise ValueError(
                 "CXR_AUTH=proxy needs CXR_PROXY_SECRET (32+ characters), sent by the proxy in CXR_PROXY_SECRET_HEADER"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _drift_min_window_fits(self):
+        if self.drift_min_window > self.drift_window:
+            raise ValueError("CXR_DRIFT_MIN_WINDOW must not be above CXR_DRIFT_WINDOW")
         return self

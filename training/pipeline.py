@@ -30,6 +30,7 @@ from ray.train.torch import TorchTrainer
 
 from cxr_model.checkpoint import CARD_FILE, ModelCard, load_network, read_card, save_checkpoint
 from cxr_model.classifier import probabilities_from_logits
+from cxr_model.drift import build_reference
 from cxr_model.labels import MULTILABEL
 from cxr_model.model_card_md import render_model_card
 from cxr_model.network import build_model
@@ -166,9 +167,11 @@ def finalize(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
     if card.task == MULTILABEL:
         card.thresholds = tune_thresholds(y_true, probs)
     final = out / "checkpoint"
-    card.scope = fit_and_measure(
+    card.scope, val_ratios = fit_and_measure(
         model, card, manifest, final, cfg.scope_false_rejection, cfg.scope_ood_per_kind, cfg.split_seed
     )
+    # What served predictions are compared with, without ground truth (cxr_model.drift; the drift gauges).
+    card.drift_reference = build_reference(card.labels, probs, val_ratios)
     card.created_at = ""
     save_checkpoint(model, card, final)
     test = split_entries(manifest, "test")

@@ -113,8 +113,9 @@ def measure_out_of_scope(classifier, limits, gates, per_kind: int, seed: int) ->
 
 def fit_and_measure(
     model, card, manifest: dict, directory: Path, false_rejection: float, ood_per_kind: int, seed: int = 0
-) -> dict:
-    """Fit the gates into ``directory`` (the final checkpoint) and return the card's ``scope`` section."""
+) -> tuple[dict, np.ndarray]:
+    """Fit the gates into ``directory`` (the final checkpoint); return the card's ``scope`` section and each
+    validation image's feature-gate distance / threshold (for the card's drift reference, cxr_model.drift)."""
     classifier = Classifier(model, card)
     limits = ImageLimits()
     root, max_pixels = Path(manifest["root"]), card.preprocess_spec.max_pixels
@@ -130,6 +131,8 @@ def fit_and_measure(
         "layout_gate": _gate_record(layout_gate, directory, LAYOUT_FILE, *counts),
     }
     gates = ScopeGates(FeatureGate.load(directory / GATE_FILE), LayoutGate.load(directory / LAYOUT_FILE))
+    # From the gate as saved (float32), so the reference matches the distances serving will measure.
+    val_ratios = gates.features.distances(val_features) / gates.features.threshold
 
     chest = {}
     for name in ("val", "test"):
@@ -138,7 +141,7 @@ def fit_and_measure(
             chest[name] = _rates(verdicts) | {
                 "false_rejection_rate": float(np.mean([not v.in_scope for v in verdicts]))
             }
-    return {
+    scope = {
         "version": SCOPE_VERSION,
         "method": METHOD.format(quantile=1 - false_rejection, grid=LAYOUT_GRID),
         "image_limits": limits.to_dict(),
@@ -150,6 +153,7 @@ def fit_and_measure(
             "text and two independent generators (training.ood_pictures); none used in fitting",
         },
     }
+    return scope, val_ratios
 
 
 def _png(image) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timezone
 
 from serve.records import now
 from serve.settings import ServeSettings
@@ -17,6 +18,8 @@ from tests.serve.test_reading import send
 def expected_order(db, source: str) -> list[str]:
     """The reading order, worked out here from the stored records with the shipped policy."""
     records = list(db["predictions"].find({"created_by": source, "review": {"$exists": False}}))
+    for record in records:  # this client reads dates without their zone; the service's are UTC
+        record["created_at"] = record["created_at"].replace(tzinfo=timezone.utc)
     return [e.patient_id for e in order(records, now(), ServeSettings().urgency_policy())]
 
 

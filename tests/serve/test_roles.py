@@ -1,4 +1,5 @@
-"""Roles over real HTTP: every route of the API, the pages, STOW-RS and FHIR, for every role, from the caller's side.
+"""Roles over real HTTP: every route of the API, the pages, STOW-RS, FHIR and the reading room, for every
+role, from the caller's side.
 
 Allowed means the role's request gets past authorization (whatever the handler then answers);
 denied is a 403 that changes nothing and is written to the audit log.
@@ -14,7 +15,9 @@ from serve.api import Api
 from serve.dicomweb import DicomWeb
 from serve.fhir import Fhir
 from serve.identity import ROLE_PERMISSIONS, ROLES
+from serve.monitoring import Monitoring
 from serve.pages import Pages
+from serve.reading import Reading
 from serve.routes import declared
 from tests.serve.helpers import chest_png, client
 
@@ -35,7 +38,7 @@ def concrete(path: str) -> str:
     return path
 
 
-OWNERS = (Api, Pages, DicomWeb, Fhir)
+OWNERS = (Api, Pages, DicomWeb, Fhir, Reading, Monitoring)
 ROUTES = [(spec.path, method, spec.needs) for owner in OWNERS for _, spec in declared(owner) for method in spec.methods]
 
 
