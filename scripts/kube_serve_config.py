@@ -29,39 +29,88 @@ def _deployment(config: dict, name: str) -> dict:
     return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
 
 
+def _merge(deployment: dict, key: str, changes: dict) -> None:
+    """Change only the named fields of a nested block: every other field of serve_config.yaml's
+    (a new ``user_config.checkpoint``, an autoscaling delay) reaches the cluster as written."""
+    deployment[key] = {**(deployment.get(key) or {}), **changes}
+
+
 def cluster_common(config: dict) -> dict:
     config = copy.deepcopy(config)
     config["http_options"]["host"] = "0.0.0.0"  # the pod IP, reached through the serve Service
     config["applications"][0]["args"]["checkpoint"] = CHECKPOINT
     for name in ("Ingress", "ResultStore"):
-        _deployment(config, name)["ray_actor_options"]["resources"] = dict(CPU_NODE)
+        _merge(_deployment(config, name), "ray_actor_options", {"resources": dict(CPU_NODE)})
     return config
 
 
 def gpu(config: dict) -> dict:
     config = cluster_common(config)
     classifier = _deployment(config, "BatchedClassifier")
-    classifier["ray_actor_options"] = {"num_cpus": 2, "num_gpus": 1}
+    _merge(classifier, "ray_actor_options", {"num_cpus": 2, "num_gpus": 1})
     classifier["max_ongoing_requests"] = 128
-    classifier["autoscaling_config"] = {
-        "min_replicas": 1,
-        "max_replicas": 4,
-        "target_ongoing_requests": 48,
-        "upscale_delay_s": 15,
-        "downscale_delay_s": 300,
-    }
+    _merge(
+        classifier,
+        "autoscaling_config",
+        {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 48, "upscale_delay_s": 15,
+         "downscale_delay_s": 300},
+    )  # fmt: skip
     # A GPU forward pass of 32 images costs about what one costs: batch wide, wait briefly.
-    classifier["user_config"] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.01}
+    _merge(classifier, "user_config", {"max_batch_size": 32, "batch_wait_timeout_s": 0.01})
     ingress = _deployment(config, "Ingress")
     ingress.pop("num_replicas", None)
-    ingress["autoscaling_config"] = {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 64}
-    ingress["ray_actor_options"]["num_cpus"] = 1
+    _merge(ingress, "autoscaling_config", {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 64})
+    _merge(ingress, "ray_actor_options", {"num_cpus": 1})
     _deployment(config, "ResultStore")["num_replicas"] = 2
     return config
 
 
 def cpu_dev(config: dict) -> dict:
     return cluster_common(config)
+
+
+# What each variant changes on purpose, as flat paths (``flatten``); every other field of
+# serve_config.yaml must reach the variant unchanged (tests/k8s checks it field by field).
+COMMON_OVERRIDES = {"http_options.host", "app.args.checkpoint"}
+OVERRIDES = {
+    "cpu_dev": COMMON_OVERRIDES,
+    "gpu": COMMON_OVERRIDES
+    | {
+        "BatchedClassifier.ray_actor_options.num_cpus",
+        "BatchedClassifier.ray_actor_options.num_gpus",
+        "BatchedClassifier.max_ongoing_requests",
+        "BatchedClassifier.autoscaling_config.min_replicas",
+        "BatchedClassifier.autoscaling_config.max_replicas",
+        "BatchedClassifier.autoscaling_config.target_ongoing_requests",
+        "BatchedClassifier.autoscaling_config.upscale_delay_s",
+        "BatchedClassifier.autoscaling_config.downscale_delay_s",
+        "BatchedClassifier.user_config.max_batch_size",
+        "BatchedClassifier.user_config.batch_wait_timeout_s",
+        "Ingress.num_replicas",  # replaced by autoscaling
+        "Ingress.ray_actor_options.num_cpus",
+        "ResultStore.num_replicas",
+    },
+}
+
+
+def flatten(config: dict) -> dict[str, object]:
+    """Leaf fields by path: ``http_options.port``, ``app.args.checkpoint``, ``<Deployment>.user_config.x``."""
+    out: dict[str, object] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            out[prefix] = value
+
+    app = dict(config["applications"][0])
+    deployments = app.pop("deployments")
+    walk("", {k: v for k, v in config.items() if k != "applications"})
+    walk("app", app)
+    for deployment in deployments:
+        walk(deployment["name"], {k: v for k, v in deployment.items() if k != "name"})
+    return out
 
 
 # file -> variant; each file holds one block between BEGIN and END.
