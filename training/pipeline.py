@@ -193,6 +193,8 @@ def finalize(cfg: TrainConfig, manifest: dict, out: Path) -> Path:
             )
         }
         card.metrics["test"]["ece_before_calibration"] = report["calibration"]["ece_before"]
+        # Per-label sensitivity (recall) on the test split: what `cxr promote` holds to its floors.
+        card.metrics["test"]["sensitivity"] = {name: row["recall"] for name, row in report["per_class"].items()}
         card.created_at = ""
         save_checkpoint(model, card, final)
     save_config(cfg, final / "config.yaml")

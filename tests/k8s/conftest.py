@@ -155,11 +155,21 @@ def render_kubectl(directory: Path) -> list[dict] | None:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
+def render(directory: Path) -> list[dict]:
+    docs = render_kubectl(directory)
+    return docs if docs is not None else render_fallback(directory)
+
+
+def kustomizations(name: str) -> tuple[Path, Path]:
+    """An environment's two kustomizations: serving, and training (applied on its own, on purpose)."""
+    return K8S / "overlays" / name, K8S / "training" / "overlays" / name
+
+
 @pytest.fixture(scope="session", params=OVERLAYS)
 def overlay(request) -> tuple[str, list[dict]]:
-    directory = K8S / "overlays" / request.param
-    docs = render_kubectl(directory)
-    return request.param, docs if docs is not None else render_fallback(directory)
+    """Everything one environment runs: its serving overlay and its training overlay together."""
+    serving, training = kustomizations(request.param)
+    return request.param, render(serving) + render(training)
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:

@@ -26,6 +26,8 @@ from tests.k8s.conftest import (
     ROOT,
     by_kind,
     crd_schema,
+    kustomizations,
+    render,
     render_fallback,
     render_kubectl,
     shared_file,
@@ -56,11 +58,25 @@ def test_every_manifest_and_dashboard_parses():
 
 def test_overlays_render_the_same_with_kubectl_and_without():
     for name in OVERLAYS:
-        real = render_kubectl(K8S / "overlays" / name)
-        if real is None:
-            skip_or_fail_in_ci("kubectl is not installed; the fallback renderer is used alone")
-        key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-        assert sorted(real, key=key) == sorted(render_fallback(K8S / "overlays" / name), key=key), name
+        for directory in kustomizations(name):
+            real = render_kubectl(directory)
+            if real is None:
+                skip_or_fail_in_ci("kubectl is not installed; the fallback renderer is used alone")
+            key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+            assert sorted(real, key=key) == sorted(render_fallback(directory), key=key), directory
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_training_is_applied_on_purpose_never_with_the_serving_stack(name):
+    serving, training = (render(d) for d in kustomizations(name))
+    assert not by_kind(serving, "RayJob")  # re-applying serving never starts (or restarts) a training run
+    (job,) = training
+    assert (
+        job["kind"] == "RayJob"
+        and job["metadata"]["namespace"] == by_kind(serving, "RayService")[0]["metadata"]["namespace"]
+    )
+    # Its GPU cluster goes soon after the job ends; the results stay on the shared volume.
+    assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] <= 600
 
 
 @pytest.mark.parametrize("kind", ["RayService", "RayJob", "PodMonitor"])
@@ -239,8 +255,12 @@ def test_serving_cluster_shape_probes_shutdown_and_secrets(overlay):
         pod = group["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] > graceful + 30  # worst batch + drain
         (container,) = pod["containers"]
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert container["readinessProbe"]["httpGet"]["path"].startswith("/readyz")
+        # KubeRay's intent: liveness is the node (raylet), never the app; readiness adds the Serve proxy.
+        live = " ".join(container["livenessProbe"]["exec"]["command"])
+        ready = " ".join(container["readinessProbe"]["exec"]["command"])
+        assert "localhost:52365/api/local_raylet_healthz" in live and ":8000" not in live
+        assert "localhost:52365/api/local_raylet_healthz" in ready and "localhost:8000/-/healthz" in ready
+        assert "/healthz" not in live.replace("local_raylet_healthz", "") and "/readyz" not in ready
     gpu = by_kind_group(service, "gpu")
     if gpu:
         (container,) = gpu["template"]["spec"]["containers"]
@@ -353,3 +373,15 @@ def test_the_dicom_gateway_runs_cxr_gateway_with_its_own_spool_and_key(overlay, 
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert "CXR_MONGODB_URI" not in json.dumps(gateway)  # the gateway reaches the service, not the database
+
+
+def test_the_incremental_upgrade_patch_yields_a_valid_rayservice():
+    """The documented gradual path (NewClusterWithIncrementalUpgrade) is valid against the real CRD."""
+    import jsonpatch
+
+    (service,) = by_kind(render(K8S / "overlays" / "gpu"), "RayService")
+    patch = yaml.safe_load((K8S / "overlays" / "gpu" / "incremental-upgrade-patch.yaml").read_text())
+    upgraded = jsonpatch.JsonPatch(patch).apply(service)
+    assert upgraded["spec"]["upgradeStrategy"]["type"] == "NewClusterWithIncrementalUpgrade"
+    errors = sorted(validator("RayService").iter_errors(upgraded), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
