@@ -83,7 +83,7 @@ class ModelCard:
 
 
 def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
+    """Package version plus the git commit: from the checkout, else as the image's build recorded it."""
     try:
         version = metadata.version("cxr-serve")
     except metadata.PackageNotFoundError:
@@ -107,7 +107,12 @@ def code_version() -> str:
         ).stdout.strip()
         return f"{version}+g{commit}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # an installed image: its build wrote the commit (k8s/Dockerfile), as there is no .git
+        from cxr_model._build import COMMIT
+    except ImportError:
         return version
+    return f"{version}+g{COMMIT}" if COMMIT else version
 
 
 def sha256_file(path: Path) -> str:
