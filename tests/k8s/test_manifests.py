@@ -385,3 +385,19 @@ def test_the_incremental_upgrade_patch_yields_a_valid_rayservice():
     assert upgraded["spec"]["upgradeStrategy"]["type"] == "NewClusterWithIncrementalUpgrade"
     errors = sorted(validator("RayService").iter_errors(upgraded), key=str)
     assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+
+
+def test_every_scraped_port_carries_the_cluster_and_the_dashboard_filters_by_it_and_namespace():
+    """Two clusters report the same series during a blue/green upgrade: every series must say which,
+    and the dashboard must let ops pick a namespace and a cluster."""
+    (monitor,) = [d for d in yaml.safe_load_all((K8S / "base" / "podmonitor.yaml").read_text()) if d]
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        targets = {r["targetLabel"] for r in endpoint.get("relabelings", [])}
+        assert "ray_io_cluster" in targets, endpoint["port"]
+    dashboard = json.loads((K8S / "base" / "grafana-dashboard.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"namespace", "cluster"} <= variables
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for selector in re.findall(r"ray_[a-z0-9_]+(\{[^}]*\})?", target["expr"]):
+                assert 'namespace=~"$namespace"' in selector and 'ray_io_cluster=~"$cluster"' in selector, target
