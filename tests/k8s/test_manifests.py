@@ -401,3 +401,32 @@ def test_every_scraped_port_carries_the_cluster_and_the_dashboard_filters_by_it_
         for target in panel["targets"]:
             for selector in re.findall(r"ray_[a-z0-9_]+(\{[^}]*\})?", target["expr"]):
                 assert 'namespace=~"$namespace"' in selector and 'ray_io_cluster=~"$cluster"' in selector, target
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    if doc["kind"] in ("RayService", "RayJob"):
+        spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        return [g["template"]["spec"] for g in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]]
+    if doc["kind"] in ("StatefulSet", "Deployment"):
+        return [doc["spec"]["template"]["spec"]]
+    return []
+
+
+def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_token(overlay):
+    name, docs = overlay
+    (namespace,) = by_kind(docs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pods = [pod for doc in docs for pod in pod_specs(doc)]
+    assert len(pods) >= 4
+    for pod in pods:
+        for container in pod["containers"]:
+            context = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+            assert context.get("runAsNonRoot") is True, (name, container["name"])
+            assert context.get("allowPrivilegeEscalation") is False, (name, container["name"])
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], (name, container["name"])
+            assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", (name, container["name"])
+        for volume in pod.get("volumes", []):  # restricted allows only these volume types
+            assert set(volume) - {"name"} <= {"persistentVolumeClaim", "emptyDir", "secret", "configMap"}, volume
+    for doc in by_kind(docs, "RayService") + by_kind(docs, "RayJob"):
+        spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        assert spec["authOptions"]["mode"] == "token", doc["metadata"]["name"]
