@@ -430,3 +430,20 @@ def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_
     for doc in by_kind(docs, "RayService") + by_kind(docs, "RayJob"):
         spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
         assert spec["authOptions"]["mode"] == "token", doc["metadata"]["name"]
+
+
+def test_the_production_ingress_serves_the_app_over_tls_with_room_for_uploads():
+    from serve.settings import ServeSettings
+
+    docs = render(K8S / "overlays" / "gpu")
+    (ingress,) = by_kind(docs, "Ingress")
+    (service,) = by_kind(docs, "RayService")
+    spec = ingress["spec"]
+    hosts = {h for t in spec["tls"] for h in t["hosts"]}
+    assert hosts and all(rule["host"] in hosts for rule in spec["rules"])  # no plain-HTTP host
+    (path,) = [p for rule in spec["rules"] for p in rule["http"]["paths"]]
+    assert path["backend"]["service"] == {"name": f"{service['metadata']['name']}-serve-svc", "port": {"number": 8000}}
+    body = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert int(body.rstrip("m")) * 1024 * 1024 > ServeSettings().max_batch_bytes  # a STOW-RS batch fits
+    timeout = int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+    assert timeout > ServeSettings().request_timeout_s
