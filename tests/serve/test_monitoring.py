@@ -17,7 +17,7 @@ from tests.serve.helpers import chest_png
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s" / "base"
-SERIES = re.compile(r"\b(ray_[a-z0-9_]+)\b")
+SERIES = re.compile(r"\b(ray_[a-z0-9_]+)\b(?!\s*=)")  # a name, not a label matcher (ray_io_cluster=~...)
 # Exported only by a replica whose model card has a drift reference and whose window holds
 # CXR_DRIFT_MIN_WINDOW images; the suite's tiny checkpoint has no reference. Its values are tested in
 # tests/cxr_model/test_drift.py and tests/training/test_drift_real_images.py; here it must at least be

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime, timedelta, timezone
 from html import unescape
 from html.parser import HTMLParser
 
 import pytest
 
 from cxr_model.annotate import caption
+from serve.reading import WorklistFilters
+from serve.worklist import BANDS, UrgencyPolicy, order
 from ui.views import (
     HTMX_FILE,
     HTMX_SHA256,
@@ -122,6 +125,36 @@ RECORD = {
         "annotated": "/api/v1/predictions/abc123/image?kind=annotated",
     },
 }
+NOW = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+REVIEW = {
+    "verdict": "disagree",
+    "findings": ["COVID-19"],
+    "reviewer": "dr-lee",
+    "at": NOW,
+    "comment": "Peripheral opacities.",
+}
+WORKLIST_RECORD = {
+    "_id": "abc123",
+    "patient_id": "P-1",
+    "created_at": NOW - timedelta(minutes=30),
+    "probabilities": {"COVID-19": 0.8, "Normal": 0.2},
+    "top_label": "COVID-19",
+    "confidence": 0.8,
+    "created_by": "ward-7",
+}
+AGREEMENT = {
+    "model_version": "v1",
+    "model_name": "cxr-test",
+    "reviewed": 2,
+    "agreement": {"k": 1, "n": 2, "value": 0.5, "low": 0.09, "high": 0.91},
+    "labels": [
+        {
+            "label": "COVID-19",
+            "ppv": {"k": 1, "n": 1, "value": 1.0, "low": 0.21, "high": 1.0},
+            "sensitivity": {"k": 0, "n": 0, "value": None, "low": None, "high": None},
+        }
+    ],
+}
 CARD = {
     "name": "cxr-test",
     "version": "v1",
@@ -140,7 +173,26 @@ CARD = {
 FULL_PAGES = {
     "new_prediction.html": {"form": form(), "result": None, "error": None},
     "patients.html": {"patient_id": "P-1", "items": [RECORD], "total": 1, "page": 1, "pages": 1, "error": None},
-    "prediction.html": {"record": RECORD, "rows": probability_rows(RECORD["probabilities"], LABELS, [], ["Normal"])},
+    "prediction.html": {
+        "record": RECORD,
+        "rows": probability_rows(RECORD["probabilities"], LABELS, [], ["Normal"]),
+        "reviews": [REVIEW, REVIEW | {"verdict": "agree", "findings": ["Normal"], "reviewer": "dr-kim", "comment": ""}],
+        "can_review": True,
+        "user_name": "dr-lee",
+    },
+    "worklist.html": {
+        "entries": order([WORKLIST_RECORD], NOW, UrgencyPolicy({"COVID-19": 3.0})),
+        "total": 1,
+        "filters": WorklistFilters(),
+        "sources": ["ward-7"],
+        "bands": BANDS,
+        "pages": 1,
+        "can_review": True,
+        "user_name": "dr-lee",
+        "max_wait_minutes": 240,
+        "generated_at": NOW,
+    },
+    "monitoring.html": {"models": [AGREEMENT]},
     "model.html": {
         "card": CARD,
         "metrics": [("Accuracy", "90.0%")],
