@@ -52,16 +52,21 @@ def gpu(config: dict) -> dict:
     _merge(
         classifier,
         "autoscaling_config",
-        {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 48, "upscale_delay_s": 15,
+        {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 48, "upscale_delay_s": 15,
          "downscale_delay_s": 300},
     )  # fmt: skip
     # A GPU forward pass of 32 images costs about what one costs: batch wide, wait briefly.
     _merge(classifier, "user_config", {"max_batch_size": 32, "batch_wait_timeout_s": 0.01})
+    classifier["max_replicas_per_node"] = 1  # one GPU per node: two replicas are two nodes
     ingress = _deployment(config, "Ingress")
     ingress.pop("num_replicas", None)
     _merge(ingress, "autoscaling_config", {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 64})
     _merge(ingress, "ray_actor_options", {"num_cpus": 1})
-    _deployment(config, "ResultStore")["num_replicas"] = 2
+    store = _deployment(config, "ResultStore")
+    store["num_replicas"] = 2
+    # High availability: the two Ingress and ResultStore replicas on different nodes, so one node
+    # lost leaves one of each serving.
+    ingress["max_replicas_per_node"] = store["max_replicas_per_node"] = 1
     return config
 
 
@@ -89,6 +94,9 @@ OVERRIDES = {
         "Ingress.num_replicas",  # replaced by autoscaling
         "Ingress.ray_actor_options.num_cpus",
         "ResultStore.num_replicas",
+        "BatchedClassifier.max_replicas_per_node",
+        "Ingress.max_replicas_per_node",
+        "ResultStore.max_replicas_per_node",
     },
 }
 

@@ -447,3 +447,29 @@ def test_the_production_ingress_serves_the_app_over_tls_with_room_for_uploads():
     assert int(body.rstrip("m")) * 1024 * 1024 > ServeSettings().max_batch_bytes  # a STOW-RS batch fits
     timeout = int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
     assert timeout > ServeSettings().request_timeout_s
+
+
+def test_production_is_highly_available_on_paper():
+    """GCS fault tolerance on Redis (password from a Secret), two of every serving replica on
+    different nodes, worker groups of two, and a disruption budget for every group and the gateway.
+    (That a GCS outage is survived in practice is not tested here: see the README's operations part.)"""
+    docs = render(K8S / "overlays" / "gpu")
+    (service,) = by_kind(docs, "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    ft = cluster["gcsFaultToleranceOptions"]
+    assert ft["redisAddress"] and ft["redisPassword"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    deployments = {d["name"]: d for d in serve_config(service)["applications"][0]["deployments"]}
+    assert deployments["BatchedClassifier"]["autoscaling_config"]["min_replicas"] >= 2
+    assert deployments["Ingress"]["autoscaling_config"]["min_replicas"] >= 2
+    assert deployments["ResultStore"]["num_replicas"] >= 2
+    assert all(deployments[name]["max_replicas_per_node"] == 1 for name in deployments)
+    templates = {}
+    for group in cluster["workerGroupSpecs"]:
+        assert group["minReplicas"] >= 2, group["groupName"]
+        templates[group["groupName"]] = group["template"]["metadata"]["labels"]
+    (gateway,) = [d for d in by_kind(docs, "StatefulSet") if d["metadata"]["name"] == "cxr-gateway"]
+    templates["gateway"] = gateway["spec"]["template"]["metadata"]["labels"]
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    for name, labels in templates.items():
+        matching = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(matching) == 1 and matching[0]["spec"]["maxUnavailable"] == 1, name
