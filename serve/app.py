@@ -6,7 +6,6 @@ annotation object to find AppArgs). Serve validates the YAML's ``args`` against 
 and passed down to every deployment.
 """
 
-import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -43,17 +42,8 @@ def resolve_checkpoint(value: str) -> str:
     return str(path)
 
 
-def with_secrets(settings: ServeSettings) -> ServeSettings:
-    """Draw the session and pseudonym keys once, here, when the environment gives none: every
-    replica then shares them (they change on redeploy; production sets both from a Secret)."""
-    updates = {
-        name: secrets.token_urlsafe(32) for name in ("session_secret", "pseudonym_key") if not getattr(settings, name)
-    }
-    return settings.model_copy(update=updates) if updates else settings
-
-
 def build_app(args: AppArgs) -> Application:
-    settings = with_secrets(ServeSettings())
+    settings = ServeSettings().for_deployments()
     classifier = BatchedClassifier.bind(
         initial_checkpoint(settings, args),
         args.device,

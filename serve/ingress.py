@@ -38,7 +38,7 @@ from ui.views import STATIC_DIR
 @serve.ingress()
 class Ingress:
     def __init__(self, classifier: DeploymentHandle, store: DeploymentHandle, settings: ServeSettings):
-        self.settings = settings
+        self.settings = settings = settings.with_own_secrets()
         self.predictions = PredictionService(classifier, store, settings)
         self.authenticator = Authenticator(settings, store)
         self.api = Api(self.predictions, store, self.authenticator)

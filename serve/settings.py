@@ -5,6 +5,11 @@ what differs per installation (where MongoDB is, size limits, timeouts) comes fr
 so one image runs everywhere. The builder (``serve.app.build_app``) passes this object to every
 deployment's constructor; nothing below it reads the environment. Each knob has its one default here.
 
+Secrets (``SECRET_FIELDS``) are the exception: Serve keeps deployment arguments in the GCS (with
+fault tolerance, in Redis), so the builder passes them blank and each replica that needs one reads
+it from its own pod's environment (``with_own_secrets``), where the Secret is mounted; pods that need
+none (the GPU nodes, the head) carry none.
+
 Which checkpoint is served, highest first (applied in ``serve.app`` and ``BatchedClassifier``):
 1. ``user_config.checkpoint`` of the BatchedClassifier deployment: a model roll, applied at runtime;
 2. ``CXR_CHECKPOINT`` (``ServeSettings.checkpoint``): one config file for every installation;
@@ -13,6 +18,7 @@ Which checkpoint is served, highest first (applied in ``serve.app`` and ``Batche
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Literal
 
@@ -21,6 +27,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cxr_model.preprocessing import PreprocessSpec
 from serve.worklist import UrgencyPolicy
+
+SECRET_FIELDS = ("mongodb_uri", "session_secret", "pseudonym_key", "proxy_secret")
+
+
+class MissingSecret(RuntimeError):
+    """A replica's pod lacks a secret that the app needs there (the Secret is not mounted on it)."""
 
 
 class ServeSettings(BaseSettings):
@@ -108,6 +120,26 @@ class ServeSettings(BaseSettings):
     drift_window: int = Field(default=500, ge=10, le=100_000)
     drift_min_window: int = Field(default=100, ge=10)
 
+    def for_deployments(self) -> ServeSettings:
+        """What the builder passes down: the secrets set in this environment blanked (each replica
+        reads them from its own), and development draws for keys set nowhere, so that every replica
+        shares one (they change on redeploy; production sets both from a Secret)."""
+        blank = {name: type(self).model_fields[name].default for name in SECRET_FIELDS if getattr(self, name)}
+        keys = ("session_secret", "pseudonym_key")
+        draws = {name: secrets.token_urlsafe(32) for name in keys if not getattr(self, name)}
+        return self.model_copy(update=blank | draws)
+
+    def with_own_secrets(self) -> ServeSettings:
+        """In a replica: the secrets of this pod's environment over what was passed down."""
+        own = ServeSettings()
+        settings = self.model_copy(update={name: getattr(own, name) for name in SECRET_FIELDS if getattr(own, name)})
+        for name in ("session_secret", "pseudonym_key"):
+            if not getattr(settings, name):
+                raise MissingSecret(f"CXR_{name.upper()} is set where the app was built but not on this node")
+        if settings.auth == "proxy" and len(settings.proxy_secret) < 32:
+            raise MissingSecret("CXR_AUTH=proxy needs CXR_PROXY_SECRET (32+ characters) on this node")
+        return settings
+
     def urgency_policy(self) -> UrgencyPolicy:
         return UrgencyPolicy(
             dict(self.worklist_weights),
@@ -130,7 +162,8 @@ class ServeSettings(BaseSettings):
             raise ValueError("CXR_AUTH=off is allowed only in the local demo (CXR_DEMO=true, scripts/run.sh)")
         if self.auth == "proxy" and not self.trusted_proxies.strip():
             raise ValueError("CXR_AUTH=proxy needs CXR_TRUSTED_PROXIES (the reverse proxies' CIDRs)")
-        if self.auth == "proxy" and len(self.proxy_secret) < 32:
+        # Blank where the app is built (secrets stay on the pods that use them); checked in full there.
+        if self.auth == "proxy" and self.proxy_secret and len(self.proxy_secret) < 32:
             raise ValueError(
                 "CXR_AUTH=proxy needs CXR_PROXY_SECRET (32+ characters), sent by the proxy in CXR_PROXY_SECRET_HEADER"
             )

@@ -44,6 +44,7 @@ def database_uri(settings: ServeSettings) -> str:
 @serve.deployment(name="ResultStore")
 class ResultStore:
     def __init__(self, settings: ServeSettings):
+        settings = settings.with_own_secrets()
         self.records = PredictionRecords(database_uri(settings), settings.mongodb_database, settings.mongodb_timeout_ms)
         self.keys, self.audit = ApiKeys(self.records.db), AuditLog(self.records.db)
         self.sessions = SessionStore(

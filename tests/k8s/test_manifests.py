@@ -266,13 +266,35 @@ def test_serving_cluster_shape_probes_shutdown_and_secrets(overlay):
         (container,) = gpu["template"]["spec"]["containers"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert any(t["key"] == "nvidia.com/gpu" for t in gpu["template"]["spec"]["tolerations"])
-    for container in containers(service):
+    assert_secrets_only_where_read(name, service)
+    assert "mongodb://" not in json.dumps(docs) and "mongodb+srv://" not in json.dumps(docs)
+
+
+def assert_secrets_only_where_read(name: str, service: dict) -> None:
+    """Secrets reach only the cpu group, the one node kind whose replicas read them (Ingress and
+    ResultStore ask for its cxr_cpu_node resource); the head and the GPU nodes carry none."""
+    cluster = service["spec"]["rayClusterConfig"]
+    groups = {"head": cluster["headGroupSpec"]} | {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    for group_name, group in groups.items():
+        (container,) = group["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container.get("env", [])}
-        if name == "gpu":
+        secret_env = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
+        assert not container.get("envFrom"), group_name
+        if group_name != "cpu":
+            assert not secret_env, (group_name, secret_env)
+        elif name == "gpu":
+            assert secret_env == {"CXR_MONGODB_URI", "CXR_SESSION_SECRET", "CXR_PSEUDONYM_KEY"}
             assert env["CXR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "cxr-mongodb", "key": "uri"}
         else:
-            assert "CXR_MONGODB_URI" not in env  # the embedded database
-    assert "mongodb://" not in json.dumps(docs) and "mongodb+srv://" not in json.dumps(docs)
+            assert not secret_env  # the embedded database, keys drawn at deploy time
+        # Every node may build the app, so the plain settings are the same everywhere.
+        assert {n: e.get("value") for n, e in env.items() if n not in secret_env} == {
+            "CXR_MONGODB_DATABASE": "cxr",
+            "CXR_AUTH": "api_key",
+        }, group_name
+    readers = [d for d in serve_config(service)["applications"][0]["deployments"] if d["name"] != "BatchedClassifier"]
+    assert all("cxr_cpu_node" in d["ray_actor_options"]["resources"] for d in readers)
+    assert "cxr_cpu_node" in groups["cpu"]["resources"]
 
 
 def test_training_job_runs_cxr_train_with_flags_it_accepts(overlay):

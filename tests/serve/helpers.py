@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesParser
 from urllib.parse import parse_qs, unquote
 
@@ -170,3 +172,51 @@ def wait_until(condition, timeout_s: float, what: str):
             return value
         time.sleep(0.5)
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+class SteadyLoad:
+    """Two clients posting predictions back to back (bounded) until stopped; statuses in order (0 for
+    a request that got no HTTP answer)."""
+
+    def __init__(self, service, patient_id: str):
+        self.service, self.patient_id = service, patient_id
+        self.statuses: list[int] = []
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(2)
+
+    def _client(self, seed: int) -> None:
+        with client(self.service.base_url, timeout=60, headers=self.service.http.headers) as http:
+            for i in range(400):  # bounded even if the stop never comes
+                if self.stop.is_set():
+                    return
+                try:
+                    status = http.post(
+                        "/api/v1/predictions",
+                        data={"patient_id": self.patient_id},
+                        files={"image": ("c.png", chest_png(seed * 1000 + i % 7), "image/png")},
+                    ).status_code
+                except httpx.TransportError:
+                    status = 0  # no HTTP answer at all (connection refused or reset): a failure too
+                self.statuses.append(status)
+                time.sleep(0.05)
+
+    def __enter__(self) -> SteadyLoad:
+        self.clients = [self.pool.submit(self._client, seed) for seed in (1, 2)]
+        wait_until(lambda: len(self.statuses) >= 10, 60, "steady traffic")
+        return self
+
+    def more(self, count: int, what: str) -> list[int]:
+        """Wait for `count` more answers; return every status answered since the call."""
+        seen = len(self.statuses)
+        wait_until(lambda: len(self.statuses) >= seen + count, 120, what)
+        return self.statuses[seen:]
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for future in self.clients:
+            future.result()
+        self.pool.shutdown()
+
+    @property
+    def success_rate(self) -> float:
+        return sum(status == 200 for status in self.statuses) / len(self.statuses)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,54 +22,10 @@ import pytest
 from serve.orphans import sweep_orphans
 from serve.records import PredictionRecords
 from tests.serve.conftest import deploy, deploy_config
-from tests.serve.helpers import chest_png, client, metric_total, replica_pids, wait_until
+from tests.serve.helpers import SteadyLoad, chest_png, metric_total, replica_pids, wait_until
 
 CLASSIFIER, INGRESS = "BatchedClassifier", "Ingress"
 BATCH_HOLD_S = 3.0
-
-
-class SteadyLoad:
-    """Two clients posting predictions back to back (bounded) until stopped; statuses in order."""
-
-    def __init__(self, service, patient_id: str):
-        self.service, self.patient_id = service, patient_id
-        self.statuses: list[int] = []
-        self.stop = threading.Event()
-        self.pool = ThreadPoolExecutor(2)
-
-    def _client(self, seed: int) -> None:
-        with client(self.service.base_url, timeout=60, headers=self.service.http.headers) as http:
-            for i in range(400):  # bounded even if the stop never comes
-                if self.stop.is_set():
-                    return
-                response = http.post(
-                    "/api/v1/predictions",
-                    data={"patient_id": self.patient_id},
-                    files={"image": ("c.png", chest_png(seed * 1000 + i % 7), "image/png")},
-                )
-                self.statuses.append(response.status_code)
-                time.sleep(0.05)
-
-    def __enter__(self) -> SteadyLoad:
-        self.clients = [self.pool.submit(self._client, seed) for seed in (1, 2)]
-        wait_until(lambda: len(self.statuses) >= 10, 60, "steady traffic")
-        return self
-
-    def more(self, count: int, what: str) -> list[int]:
-        """Wait for `count` more answers; return every status answered since the call."""
-        seen = len(self.statuses)
-        wait_until(lambda: len(self.statuses) >= seen + count, 120, what)
-        return self.statuses[seen:]
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for future in self.clients:
-            future.result()
-        self.pool.shutdown()
-
-    @property
-    def success_rate(self) -> float:
-        return sum(status == 200 for status in self.statuses) / len(self.statuses)
 
 
 def test_killing_a_classifier_replica_under_steady_load_keeps_99_percent_and_recovers(service):

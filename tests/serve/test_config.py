@@ -70,3 +70,55 @@ def test_deployments_in_the_config_are_the_app_s_deployments():
 
     assert {BatchedClassifier.name, ResultStore.name, Ingress.name} == names
     assert callable(build_app)
+
+
+SECRETS = {
+    "CXR_MONGODB_URI": "mongodb://app:s3cret-password@db.example:27017/",
+    "CXR_SESSION_SECRET": "session-secret-from-the-k8s-secret-0123",
+    "CXR_PSEUDONYM_KEY": "pseudonym-key-from-the-k8s-secret-4567",
+}
+
+
+def test_secrets_set_where_the_app_is_built_are_not_passed_to_deployments(monkeypatch):
+    """Serve stores deployment arguments in the GCS (Redis, with fault tolerance): none of the
+    environment's secrets may be among them, in any form the settings object serialises to."""
+    import pickle
+
+    from serve.settings import ServeSettings
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    passed = ServeSettings().for_deployments()
+    blob = pickle.dumps(passed) + passed.model_dump_json().encode()
+    for value in SECRETS.values():
+        assert value.encode() not in blob
+    assert passed.mongodb_uri is None and passed.session_secret == passed.pseudonym_key == ""
+
+
+def test_each_replica_reads_its_secrets_from_its_own_environment(monkeypatch):
+    from serve.settings import MissingSecret, ServeSettings
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    passed = ServeSettings().for_deployments()
+    own = passed.with_own_secrets()
+    assert (own.mongodb_uri, own.session_secret, own.pseudonym_key) == tuple(SECRETS.values())
+    # A node without the Secret mounted fails loudly, never runs with blank keys.
+    for name in SECRETS:
+        monkeypatch.delenv(name)
+    with pytest.raises(MissingSecret, match="CXR_SESSION_SECRET"):
+        passed.with_own_secrets()
+
+
+def test_without_any_secret_the_builder_draws_keys_every_replica_shares(monkeypatch):
+    """The local demo: no Secret anywhere; one draw at build time, passed to every replica, and a
+    pod's own Secret still wins over the draw (the app built on a node without one)."""
+    from serve.settings import ServeSettings
+
+    for name in SECRETS:
+        monkeypatch.delenv(name, raising=False)
+    passed = ServeSettings().for_deployments()
+    assert len(passed.session_secret) >= 32 and passed.session_secret != passed.pseudonym_key
+    assert passed.with_own_secrets().session_secret == passed.session_secret
+    monkeypatch.setenv("CXR_SESSION_SECRET", SECRETS["CXR_SESSION_SECRET"])
+    assert passed.with_own_secrets().session_secret == SECRETS["CXR_SESSION_SECRET"]
