@@ -452,6 +452,23 @@ def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_
     for doc in by_kind(docs, "RayService") + by_kind(docs, "RayJob"):
         spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
         assert spec["authOptions"]["mode"] == "token", doc["metadata"]["name"]
+        # The autoscaler sidecar KubeRay adds to the head pod: restricted too, or the pod is refused.
+        if spec.get("enableInTreeAutoscaling"):
+            context = spec["autoscalerOptions"]["securityContext"]
+            assert context["runAsNonRoot"] and context["allowPrivilegeEscalation"] is False, doc["metadata"]["name"]
+            assert context["capabilities"]["drop"] == ["ALL"] and context["seccompProfile"]["type"] == "RuntimeDefault"
+    # Serving pods: a read-only root, /tmp the one writable place (tests/k8s/test_read_only_root.py).
+    for service in by_kind(docs, "RayService"):
+        for pod in pod_specs(service):
+            (container,) = pod["containers"]
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
+            assert "/tmp" in writable_paths(pod, container), container["name"]
+
+
+def writable_paths(pod: dict, container: dict) -> list[str]:
+    """The container's mount paths backed by an emptyDir (what stays writable on a read-only root)."""
+    scratch = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    return [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in scratch]
 
 
 def test_the_production_ingress_serves_the_app_over_tls_with_room_for_uploads():

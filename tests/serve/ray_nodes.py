@@ -113,22 +113,26 @@ class RayNode:
 
 
 class RayCluster:
-    """A head node (GCS on external Redis, dashboard for Serve's REST API) plus worker nodes."""
+    """A head node (GCS on external Redis if given, dashboard for Serve's REST API) plus worker
+    nodes. ``wrap`` goes before each `ray start` command (e.g. to start it in another mount namespace)."""
 
-    def __init__(self, redis: RedisServer, env: dict[str, str], cpus_per_node: float, resources: str):
+    def __init__(
+        self,
+        redis: RedisServer | None,
+        env: dict[str, str],
+        cpus_per_node: float,
+        resources: str,
+        wrap: list[str] | None = None,
+    ):
         # A short root: Ray's Unix socket paths under it must stay within 107 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rayha", dir="/tmp"))
         self.marker = uuid.uuid4().hex
         self.redis, self.cpus, self.resources = redis, cpus_per_node, resources
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        self.env = {
-            **os.environ,
-            **env,
-            MARKER: self.marker,
-            # GCS fault tolerance, as KubeRay configures it from gcsFaultToleranceOptions.
-            "RAY_REDIS_ADDRESS": redis.address,
-            "RAY_external_storage_namespace": f"cxr-test-{self.marker[:8]}",
-        }
+        self.wrap = wrap or []
+        self.env = {**os.environ, **env, MARKER: self.marker}
+        if redis:  # GCS fault tolerance, as KubeRay configures it from gcsFaultToleranceOptions
+            self.env |= {"RAY_REDIS_ADDRESS": redis.address, "RAY_external_storage_namespace": self.marker[:8]}
         self.nodes: list[RayNode] = []
         self._worker_ports = iter(range(20000, 30000, 500))  # each node its own range: one host
 
@@ -147,13 +151,14 @@ class RayCluster:
         ]  # fmt: skip
         if head:
             command += [
-                "--head", f"--port={self.gcs_port}", f"--redis-password={self.redis.password}",
+                "--head", f"--port={self.gcs_port}",
                 f"--temp-dir={self.temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}",
             ]  # fmt: skip
+            command += [f"--redis-password={self.redis.password}"] if self.redis else []
         else:
             command += [f"--address=127.0.0.1:{self.gcs_port}"]
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(self.wrap + command, env=self.env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stdout + done.stderr
         self.nodes.append(node)
         return node
