@@ -71,3 +71,27 @@ def test_an_installed_copy_without_git_reports_the_commit_its_build_recorded(tmp
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("+g0123456789ab")
+
+
+def base_guard() -> str:
+    """The Dockerfile's check of the base reference, as the shell RUN line it is."""
+    start = DOCKERFILE.index('RUN case "$RAY_IMAGE"')
+    return DOCKERFILE[start + len("RUN ") : DOCKERFILE.index("esac", start) + len("esac")].replace("\\\n", "\n")
+
+
+def test_the_build_refuses_a_base_not_pinned_by_digest():
+    """A re-pushed tag would change the image unseen: only tag@sha256:<64 hex> gets past the check."""
+    tag = re.search(r"^ARG RAY_IMAGE=(\S+)$", DOCKERFILE, re.MULTILINE).group(1)
+
+    def build_step(reference: str) -> int:
+        return subprocess.run(["sh", "-c", base_guard()], env={"RAY_IMAGE": reference}, capture_output=True).returncode
+
+    assert build_step(tag) != 0  # the default alone does not build
+    assert build_step(f"{tag}@sha256:{'ab12' * 8}") != 0  # a truncated digest
+    assert build_step(f"{tag}@sha256:{'0123456789abcdef' * 4}") == 0
+    # The pin script reads the same tag, and its shell is valid; the build command in the README uses its lock.
+    pin = ROOT / "scripts" / "pin_base_image.sh"
+    assert subprocess.run(["bash", "-n", str(pin)]).returncode == 0
+    read = re.search(r"^tag=\$\((.*)\)$", pin.read_text(), re.MULTILINE).group(1)
+    assert subprocess.run(["sh", "-c", read], cwd=ROOT, capture_output=True, text=True).stdout.strip() == tag
+    assert "--build-arg RAY_IMAGE=$(cat k8s/base-image.lock)" in (ROOT / "README.md").read_text()
