@@ -45,6 +45,9 @@ class DicomIdentifiers:
     modality: str | None = None
     body_part_examined: str | None = None
     view_position: str | None = None
+    # From the File Meta Information (PS3.10): the AE that sent the instance over the network, which
+    # the DICOM gateway records there: the modality or PACS node, i.e. where in the hospital it came from.
+    sending_application_entity_title: str | None = None
 
     def to_dict(self) -> dict[str, str]:
         return {name: value for name, value in vars(self).items() if value}
@@ -61,6 +64,7 @@ IDENTIFIER_KEYWORDS = {
     "view_position": "ViewPosition",
 }
 MAX_IDENTIFIER_LENGTH = 64  # the longest UI, SH and CS values allow; anything longer is not DICOM
+MAX_AE_TITLE_LENGTH = 16  # the AE VR
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,9 @@ def read_identifiers(data: bytes) -> DicomIdentifiers | None:
     try:
         ds = _dataset(data, header_only=True)
         values = {name: str(ds.get(keyword, "") or "").strip() for name, keyword in IDENTIFIER_KEYWORDS.items()}
+        meta = getattr(ds, "file_meta", None) or {}
+        sender = str(meta.get("SendingApplicationEntityTitle", "") or "").strip()
+        values["sending_application_entity_title"] = sender if len(sender) <= MAX_AE_TITLE_LENGTH else ""
     except Exception:  # a corrupt element, parsed lazily on access
         return None
     return DicomIdentifiers(

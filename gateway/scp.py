@@ -25,6 +25,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -68,9 +69,19 @@ def handle_store(event, spool: Spool) -> int:
     return status
 
 
+def received_file(event) -> bytes:
+    """The instance as received (the data set's bytes untouched) in the DICOM file format, its File
+    Meta Information naming who sent it and to whom (PS3.10: Sending and Receiving Application Entity
+    Title): the modality or PACS that sent it travels with it through the spool to the record."""
+    meta = event.file_meta
+    meta.SendingApplicationEntityTitle = event.assoc.requestor.ae_title
+    meta.ReceivingApplicationEntityTitle = event.assoc.acceptor.ae_title
+    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), event.request.DataSet.getvalue()))
+
+
 def _store(uid: str, event, spool: Spool) -> int:
     try:
-        spool.put(uid, event.encoded_dataset())  # as received: preamble, file meta and data set
+        spool.put(uid, received_file(event))
     except SpoolFull:
         log.warning("spool full: C-STORE of %s refused with Out of Resources", uid)
         return OUT_OF_RESOURCES

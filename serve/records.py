@@ -96,7 +96,8 @@ PREDICTION_SCHEMA = {
                     "body_part_examined",
                     "view_position",
                 )
-            },
+            }
+            | {"sending_application_entity_title": {"bsonType": "string", "maxLength": 16}},
         },
         "_id": {"bsonType": "string"},
         "request_id": {"bsonType": "string"},

@@ -28,6 +28,9 @@ VERDICTS = ("agree", "disagree")
 MAX_COMMENT = 2000
 
 
+SENDING_AE = "dicom.sending_application_entity_title"  # where a DICOM instance came from (its File Meta)
+
+
 @dataclass(frozen=True)
 class Claim:
     outcome: str  # claimed | taken (by another reader) | reviewed | not_found
@@ -120,14 +123,20 @@ class Reviews:
     def unreviewed(self, source: str | None = None, since: datetime | None = None, until: datetime | None = None):
         """Analysed records no one has reviewed yet, with what the worklist needs of them."""
         query: dict = {"status": {"$ne": "not_analysed"}, "review": {"$exists": False}}
-        if source:
-            query["created_by"] = source
+        if source:  # the sending AE of a DICOM instance, else the caller (serve.worklist.entry's source)
+            query["$or"] = [{SENDING_AE: source}, {"created_by": source, SENDING_AE: {"$exists": False}}]
         if since or until:
             query["created_at"] = {k: v for k, v in (("$gte", since), ("$lt", until)) if v is not None}
         fields = ("patient_id", "created_at", "created_by", "probabilities", "top_label", "confidence")
-        projection = dict.fromkeys((*fields, "low_confidence", "reading", "model.version", "dicom.accession_number"), 1)
+        projection = dict.fromkeys(
+            (*fields, "low_confidence", "reading", "model.version", "dicom.accession_number", SENDING_AE), 1
+        )
         return list(self.db[PREDICTIONS].find(query, projection))
 
     def sources(self) -> list[str]:
-        """Who has sent records awaiting review: the worklist's source filter's choices."""
-        return sorted(s for s in self.db[PREDICTIONS].distinct("created_by", {"review": {"$exists": False}}) if s)
+        """Where records awaiting review came from (sending AE titles, and callers for the rest): the
+        worklist's source filter's choices."""
+        waiting = {"review": {"$exists": False}}
+        titles = self.db[PREDICTIONS].distinct(SENDING_AE, waiting)
+        callers = self.db[PREDICTIONS].distinct("created_by", waiting | {SENDING_AE: {"$exists": False}})
+        return sorted({s for s in (*titles, *callers) if s})

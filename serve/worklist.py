@@ -58,7 +58,10 @@ class WorklistEntry:
     band: str
     escalated: bool
     waited: timedelta
-    source: str  # who sent it: a ward's key, the DICOM gateway, a STOW-RS client
+    # Where it came from: the sending AE title of a DICOM instance (the modality or PACS node), else
+    # the caller (a ward's key, a STOW-RS client); ``via`` names the caller behind an AE title.
+    source: str
+    via: str | None = None
     accession_number: str | None = None
     reading_by: str | None = None  # a radiologist reading it now (a live claim)
     reading_until: datetime | None = None
@@ -76,6 +79,7 @@ def entry(record: dict, at: datetime, policy: UrgencyPolicy) -> WorklistEntry:
     urgency, driver = policy.urgency(record["probabilities"])
     waited = max(timedelta(0), at - record["created_at"])
     reading = record.get("reading") or {}
+    sender = (record.get("dicom") or {}).get("sending_application_entity_title")
     live = reading.get("until") is not None and reading["until"] > at
     return WorklistEntry(
         prediction_id=record["_id"],
@@ -90,7 +94,8 @@ def entry(record: dict, at: datetime, policy: UrgencyPolicy) -> WorklistEntry:
         band=policy.band(urgency),
         escalated=waited > policy.max_wait,
         waited=waited,
-        source=record.get("created_by", ""),
+        source=sender or record.get("created_by", ""),
+        via=record.get("created_by") if sender else None,
         accession_number=(record.get("dicom") or {}).get("accession_number"),
         reading_by=reading.get("by") if live else None,
         reading_until=reading.get("until") if live else None,

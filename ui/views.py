@@ -149,6 +149,7 @@ DICOM_NAMES = (
     ("modality", "Modality"),
     ("body_part_examined", "Body Part Examined"),
     ("view_position", "View Position"),
+    ("sending_application_entity_title", "Sending AE Title"),
 )
 
 

@@ -198,3 +198,16 @@ def test_identifiers_are_read_whatever_else_is_wrong_and_never_invented():
     assert read_identifiers(b"\x89PNG\r\n\x1a\n" + bytes(100)) is None
     corrupt = read_identifiers(bytes(128) + b"DICM" + b"\xff" * 50)
     assert corrupt is None or corrupt.to_dict() == {}
+
+
+def test_the_sending_ae_title_is_read_from_the_file_meta_and_an_impossible_one_dropped():
+    """The gateway writes the calling AE into the File Meta Information; read back, never invented."""
+    from cxr_model.dicom import read_identifiers
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.zeros((32, 32), np.uint16), 12)))
+    assert read_identifiers(make_dicom(np.zeros((32, 32), np.uint16), 12)).sending_application_entity_title is None
+    for title, expected in (("WARD3_DX", "WARD3_DX"), ("X" * 17, None)):
+        ds.file_meta.SendingApplicationEntityTitle = title
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        assert read_identifiers(buffer.getvalue()).sending_application_entity_title == expected

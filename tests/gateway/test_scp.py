@@ -62,6 +62,9 @@ def test_a_stored_instance_is_on_disk_before_success_and_resending_keeps_one_cop
     assert stored.name == f"{sent.SOPInstanceUID}.dcm"
     received = pydicom.dcmread(stored)
     assert received.PatientID == "GW-0" and received.pixel_array.tobytes() == sent.pixel_array.tobytes()
+    # Who sent it, and to whom, in the File Meta Information (PS3.10), for the record and the worklist.
+    assert received.file_meta.SendingApplicationEntityTitle == ALLOWED
+    assert received.file_meta.ReceivingApplicationEntityTitle == "CXR_GATEWAY"
     assert dcmtk_call("storescu", port, str(path)).returncode == 0
     assert len(spool.waiting()) == 1 and not list(spool.incoming.iterdir())
     from_stranger = dcmtk_call("storescu", port, str(dx_file(tmp_path, "other.dcm", seed=1)[0]), calling="STRANGER")

@@ -107,6 +107,8 @@ def test_a_study_routed_by_orthanc_comes_back_with_its_structured_report(pacs_an
     record = db["predictions"].find_one({"request_id": f"dicom:{sent.SOPInstanceUID}"})
     assert record and f"weights sha256 {record['model']['weights_sha256']}" in text_values(report)
     assert record["dicom"]["study_instance_uid"] == sent.StudyInstanceUID
+    # Where it came from: the PACS that routed it (the association's calling AE), for the worklist.
+    assert record["dicom"]["sending_application_entity_title"] == "ORTHANC"
     # The gateway tells the service where the report went; the record page shows it.
     (delivery,) = delivered(db, record["_id"])
     assert delivery["status"] == "delivered" and delivery["report_uid"] == sop_uid

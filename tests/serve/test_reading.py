@@ -4,11 +4,13 @@ every role but radiologist refused, and the agreement figures and gauges that fo
 
 from __future__ import annotations
 
+import io
 import uuid
 
+import pydicom
 import pytest
 
-from tests.serve.helpers import chest_png, client, metric_total, wait_until
+from tests.serve.helpers import chest_dicom, chest_png, client, metric_total, wait_until
 
 
 def caller(service, keys, role: str, name: str | None = None):
@@ -46,6 +48,36 @@ def worklist(http, source: str, **filters) -> list[dict]:
     response = http.get("/api/v1/worklist", params={"source": source, **filters})
     assert response.status_code == 200, response.text
     return response.json()["items"]
+
+
+def from_modality(seed: int, patient: str, sending_ae: str) -> bytes:
+    """A DX as the DICOM gateway forwards it: the calling AE in its File Meta Information."""
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom(seed, patient)))
+    ds.file_meta.SendingApplicationEntityTitle = sending_ae
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_dicom_study_is_listed_and_filtered_by_the_ae_that_sent_it(service, ward):
+    """One gateway key serves many modalities: the worklist tells them apart by sending AE title."""
+    http, gateway_key = ward
+    titles = [f"DX{uuid.uuid4().hex[:6].upper()}", f"ER{uuid.uuid4().hex[:6].upper()}"]
+    sent = {}
+    for seed, title in enumerate(titles):
+        response = http.post(
+            "/api/v1/predictions",
+            data={"patient_id": f"AE-{seed}", "save": "1"},
+            files={"image": ("dx.dcm", from_modality(700 + seed, f"AE-{seed}", title), "application/dicom")},
+        )
+        assert response.status_code == 200, response.text
+        sent[title] = response.json()["prediction_id"]
+    for title, prediction_id in sent.items():
+        (item,) = worklist(service.http, title)
+        assert (item["prediction_id"], item["source"], item["via"]) == (prediction_id, title, gateway_key)
+    assert worklist(service.http, gateway_key) == []  # listed under their AE titles, not the key
+    page = service.http.get("/worklist", params={"source": titles[0]}).text
+    assert f'<option value="{titles[1]}"' in page and f"via {gateway_key}" in page and "AE-1" not in page
 
 
 def test_the_worklist_orders_by_urgency_then_age_and_filters(service, ward):
