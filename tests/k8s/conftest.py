@@ -174,3 +174,22 @@ def overlay(request) -> tuple[str, list[dict]]:
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    if doc["kind"] in ("RayService", "RayJob"):
+        spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        pods = [g["template"]["spec"] for g in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]]
+        if doc["spec"].get("submissionMode", "K8sJobMode") == "K8sJobMode" and doc["kind"] == "RayJob":
+            # The submitter pod: without a template of ours, KubeRay's default (no securityContext).
+            pods.append(doc["spec"]["submitterPodTemplate"]["spec"])
+        return pods
+    if doc["kind"] in ("StatefulSet", "Deployment"):
+        return [doc["spec"]["template"]["spec"]]
+    return []
+
+
+def writable_paths(pod: dict, container: dict) -> list[str]:
+    """The container's mount paths backed by an emptyDir (what stays writable on a read-only root)."""
+    scratch = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    return [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in scratch]

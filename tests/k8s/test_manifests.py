@@ -27,10 +27,12 @@ from tests.k8s.conftest import (
     by_kind,
     crd_schema,
     kustomizations,
+    pod_specs,
     render,
     render_fallback,
     render_kubectl,
     shared_file,
+    writable_paths,
 )
 from training.config import add_train_arguments
 
@@ -326,6 +328,7 @@ def test_the_archive_scoring_job_validates_and_runs_cxr_score_as_placed():
     (job,) = [d for d in yaml.safe_load_all((K8S / "jobs" / "rayjob-score.yaml").read_text()) if d]
     errors = sorted(validator("RayJob").iter_errors(job), key=str)
     assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+    assert_restricted("score", pod_specs(job))  # it runs in the same restricted namespace
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is True and spec["rayClusterSpec"]["rayVersion"] == ray.__version__
     command = shlex.split(spec["entrypoint"])
@@ -425,21 +428,8 @@ def test_every_scraped_port_carries_the_cluster_and_the_dashboard_filters_by_it_
                 assert 'namespace=~"$namespace"' in selector and 'ray_io_cluster=~"$cluster"' in selector, target
 
 
-def pod_specs(doc: dict) -> list[dict]:
-    if doc["kind"] in ("RayService", "RayJob"):
-        spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
-        return [g["template"]["spec"] for g in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]]
-    if doc["kind"] in ("StatefulSet", "Deployment"):
-        return [doc["spec"]["template"]["spec"]]
-    return []
-
-
-def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_token(overlay):
-    name, docs = overlay
-    (namespace,) = by_kind(docs, "Namespace")
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    pods = [pod for doc in docs for pod in pod_specs(doc)]
-    assert len(pods) >= 4
+def assert_restricted(name: str, pods: list[dict]) -> None:
+    """The restricted Pod Security level, container by container."""
     for pod in pods:
         for container in pod["containers"]:
             context = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
@@ -449,6 +439,15 @@ def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_
             assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", (name, container["name"])
         for volume in pod.get("volumes", []):  # restricted allows only these volume types
             assert set(volume) - {"name"} <= {"persistentVolumeClaim", "emptyDir", "secret", "configMap"}, volume
+
+
+def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_token(overlay):
+    name, docs = overlay
+    (namespace,) = by_kind(docs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pods = [pod for doc in docs for pod in pod_specs(doc)]
+    assert len(pods) >= 4
+    assert_restricted(name, pods)
     for doc in by_kind(docs, "RayService") + by_kind(docs, "RayJob"):
         spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
         assert spec["authOptions"]["mode"] == "token", doc["metadata"]["name"]
@@ -463,12 +462,6 @@ def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_
             (container,) = pod["containers"]
             assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
             assert "/tmp" in writable_paths(pod, container), container["name"]
-
-
-def writable_paths(pod: dict, container: dict) -> list[str]:
-    """The container's mount paths backed by an emptyDir (what stays writable on a read-only root)."""
-    scratch = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
-    return [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in scratch]
 
 
 def test_the_production_ingress_serves_the_app_over_tls_with_room_for_uploads():

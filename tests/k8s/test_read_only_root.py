@@ -18,7 +18,7 @@ from pymongo import MongoClient
 
 from serve.api_keys import ApiKeys
 from tests.helpers import free_port
-from tests.k8s.test_manifests import K8S, by_kind, pod_specs, render, writable_paths
+from tests.k8s.conftest import K8S, by_kind, pod_specs, render, writable_paths
 from tests.serve.helpers import chest_png, wait_until
 from tests.serve.ray_nodes import RayCluster
 
