@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ from tests.serve.helpers import chest_png, wait_until
 from tests.serve.ray_nodes import RayCluster
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINT_MOUNT = "/mnt"  # an empty directory on Debian; the checkpoint volume goes there
+OLD_TMP = "/mnt"  # an empty directory on Debian: this machine's /tmp, read-only, goes there
 
 
 def serving_writable_paths() -> list[str]:
@@ -33,11 +34,26 @@ def serving_writable_paths() -> list[str]:
     return sorted(set.intersection(*per_pod))
 
 
-def read_only_wrap(checkpoint: Path, writable: list[str]) -> list[str]:
-    """`unshare` into a private mount namespace: the checkpoint bound read-only at /mnt, a fresh
-    tmpfs on each writable path, then / remounted read-only; then the wrapped command."""
-    steps = [f"mount --bind {checkpoint} {CHECKPOINT_MOUNT}", f"mount -o remount,bind,ro {CHECKPOINT_MOUNT}"]
+def under_tmp(path: Path) -> bool:
+    return path.resolve().is_relative_to("/tmp")
+
+
+def seen_inside(path: Path) -> Path:
+    """Where a path of this machine is seen in the namespace: what was under /tmp, at /mnt."""
+    path = path.resolve()
+    return Path(OLD_TMP) / path.relative_to("/tmp") if under_tmp(path) else path
+
+
+def read_only_wrap(writable: list[str]) -> list[str]:
+    """`unshare` into a private mount namespace: this machine's /tmp kept read-only at /mnt (the
+    checkpoint volume: the test checkpoint lives there), a fresh tmpfs on each writable path, this
+    checkout and its virtual environment bound back read-only where they were if they were under
+    /tmp (a clone in /tmp, as on CI), then / remounted read-only; then the wrapped command."""
+    steps = [f"mount --bind /tmp {OLD_TMP}", f"mount -o remount,bind,ro {OLD_TMP}"]
     steps += [f"mount -t tmpfs tmpfs {path}" for path in writable]
+    code = sorted({ROOT.resolve(), Path(sys.prefix).resolve()})
+    for path in [c for c in code if under_tmp(c) and not any(c != o and c.is_relative_to(o) for o in code)]:
+        steps += [f"mkdir -p {path}", f"mount --bind {seen_inside(path)} {path}", f"mount -o remount,bind,ro {path}"]
     steps += ["mount -o remount,bind,ro /"]
     return ["unshare", "--mount", "--propagation", "private", "bash", "-c", " && ".join(steps) + ' && exec "$@"', "_"]
 
@@ -58,14 +74,14 @@ def test_the_serving_pods_run_with_a_read_only_root(mongo_server, tiny_checkpoin
     database = "cxr_read_only"
     _, api_key = ApiKeys(MongoClient(mongo_server.uri)[database]).create("read-only-test", "admin", 1000)
     node_env = {"RAY_AUTH_MODE": "disabled", "CXR_MONGODB_URI": mongo_server.uri}
-    cluster = RayCluster(None, node_env, 2, '{"cxr_cpu_node": 1}', wrap=read_only_wrap(tiny_checkpoint, writable))
+    cluster = RayCluster(None, node_env, 2, '{"cxr_cpu_node": 1}', wrap=read_only_wrap(writable))
     try:
         cluster.start(workers=0)
         port = free_port()
         config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
         config["http_options"]["port"] = port
         app = config["applications"][0]
-        app["args"]["checkpoint"] = CHECKPOINT_MOUNT
+        app["args"]["checkpoint"] = str(seen_inside(tiny_checkpoint))
         app["runtime_env"] = {"env_vars": {"CXR_MONGODB_DATABASE": database, "CXR_AUTH": "api_key"}}
         cluster.deploy(config)
         http = httpx.Client(
