@@ -1,30 +1,37 @@
 """Model core: label sets, preprocessing, networks, checkpoints, Grad-CAM.
 
 No Ray and no web framework here: training and serving both build on it.
+
+The names below load on first use (PEP 562), so that importing a light module of this package
+(``cxr_model.cli``, ``cxr_model.dicom``) does not load torch: every ``cxr`` command starts
+through ``cxr_model.cli``, and ``cxr keys`` or ``cxr gateway`` need no network.
 """
 
-from cxr_model.checkpoint import ModelCard, save_checkpoint
-from cxr_model.classifier import Classifier, load_checkpoint, resolve_device
-from cxr_model.labels import COVID4, MULTICLASS, MULTILABEL, NIH14, LabelSet, normalize_class_name
-from cxr_model.network import CXRNet, build_model
-from cxr_model.preprocessing import PREPROCESSING_VERSION, ImageDecodeError, PreprocessSpec, preprocess
+from importlib import import_module
 
-__all__ = [
-    "COVID4",
-    "MULTICLASS",
-    "MULTILABEL",
-    "NIH14",
-    "PREPROCESSING_VERSION",
-    "CXRNet",
-    "Classifier",
-    "ImageDecodeError",
-    "LabelSet",
-    "ModelCard",
-    "PreprocessSpec",
-    "build_model",
-    "load_checkpoint",
-    "normalize_class_name",
-    "preprocess",
-    "resolve_device",
-    "save_checkpoint",
-]
+_EXPORTS = {
+    "ModelCard": "cxr_model.checkpoint",
+    "save_checkpoint": "cxr_model.checkpoint",
+    "Classifier": "cxr_model.classifier",
+    "load_checkpoint": "cxr_model.classifier",
+    "resolve_device": "cxr_model.classifier",
+    "COVID4": "cxr_model.labels",
+    "MULTICLASS": "cxr_model.labels",
+    "MULTILABEL": "cxr_model.labels",
+    "NIH14": "cxr_model.labels",
+    "LabelSet": "cxr_model.labels",
+    "normalize_class_name": "cxr_model.labels",
+    "CXRNet": "cxr_model.network",
+    "build_model": "cxr_model.network",
+    "PREPROCESSING_VERSION": "cxr_model.preprocessing",
+    "ImageDecodeError": "cxr_model.preprocessing",
+    "PreprocessSpec": "cxr_model.preprocessing",
+    "preprocess": "cxr_model.preprocessing",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cxr_model' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

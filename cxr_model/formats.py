@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 
+# Decoded pixels an image may have; larger ones are refused from their header, before decoding.
+MAX_PIXELS = 50_000_000
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # In entropy-coded data FF00 is a stuffed FF, FFD0-FFD7 are restart markers and FFFF is fill;
 # any other FFxx ends the scan.

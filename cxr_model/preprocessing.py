@@ -22,7 +22,7 @@ from cxr_model.dicom import decode as decode_dicom
 
 # ImageDecodeError, sniff_format and trailing_bytes live in formats (which dicom imports too); they
 # stay importable from here, where serving and training have always found them.
-from cxr_model.formats import ImageDecodeError, sniff_format, trailing_bytes  # noqa: F401
+from cxr_model.formats import MAX_PIXELS, ImageDecodeError, sniff_format, trailing_bytes  # noqa: F401
 
 PREPROCESSING_VERSION = "cxr-pre-2"  # 2: MONOCHROME1 DICOM inverted before scaling (bit-exact with MONOCHROME2)
 
@@ -39,7 +39,7 @@ class PreprocessSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     version: str = PREPROCESSING_VERSION
     # Refuse images larger than this before their pixels are decoded.
-    max_pixels: int = 50_000_000
+    max_pixels: int = MAX_PIXELS
 
     def to_dict(self) -> dict:
         return asdict(self)

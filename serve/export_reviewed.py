@@ -27,7 +27,6 @@ import gridfs
 
 from serve.audit import AuditLog
 from serve.identity import Identity
-from serve.images import browser_png
 from serve.records import IMAGES, PREDICTIONS
 from serve.reviews import Reviews
 
@@ -67,6 +66,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def export_reviewed(db, out: Path, since: datetime | None, max_pixels: int) -> ExportSummary:
+    from serve.images import browser_png  # here, not at the top: every `cxr` command imports this module
+
     reviews = Reviews(db).current(since)
     records = {r["_id"]: r for r in db[PREDICTIONS].find({"_id": {"$in": [r["prediction_id"] for r in reviews]}})}
     multilabel = any(

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cxr_model.preprocessing import PreprocessSpec
+from cxr_model.formats import MAX_PIXELS
 from serve.worklist import UrgencyPolicy
 
 SECRET_FIELDS = ("mongodb_uri", "session_secret", "pseudonym_key", "proxy_secret")
@@ -46,7 +46,7 @@ class ServeSettings(BaseSettings):
     embedded_db_port: int = Field(default=27027, ge=1024, le=65535)
     mongodb_timeout_ms: int = Field(default=3000, ge=100)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(default=PreprocessSpec.max_pixels, ge=1024)  # decoded pixels per upload
+    max_pixels: int = Field(default=MAX_PIXELS, ge=1024)  # decoded pixels per upload
     # POST /api/v1/predictions:batch (bridges, backfills): images per request, and the whole body's bound.
     max_batch_items: int = Field(default=16, ge=1, le=256)
     max_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

@@ -186,3 +186,41 @@ def _demo(args) -> int:
     record = export_onnx(final)  # CPU serving runs the verified ONNX export
     print(f"ONNX export verified (max probability difference {record['max_abs_probability_diff']:.1e})")
     return 0
+
+
+def register_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write model.onnx beside a checkpoint (verified against torch); --int8 adds model.int8.onnx"
+    )
+    parser.add_argument("checkpoint", help="checkpoint directory")
+    parser.add_argument(
+        "--int8", action="store_true", help="also the int8 export, kept only if it agrees with fp32 (default: off)"
+    )
+    parser.add_argument(
+        "--manifest",
+        default=None,
+        help="the training run's split_manifest.json (default: the one beside the checkpoint directory)",
+    )
+    parser.add_argument("--calibration-images", type=int, default=200, help="val images to calibrate on (default: 200)")
+    parser.add_argument("--held-out-images", type=int, default=400, help="test images to compare on (default: 400)")
+    parser.add_argument("--ood-per-kind", type=int, default=20, help="out-of-scope pictures per kind (default: 20)")
+    parser.add_argument(
+        "--min-top1",
+        type=float,
+        default=0.99,
+        help="least top-1 agreement on the held-out images fp32 does not flag low confidence (default: 0.99)",
+    )
+    parser.add_argument("--max-dp", type=float, default=0.03, help="largest |p_int8 - p_fp32| (default: 0.03)")
+    parser.add_argument(
+        "--min-gate-agreement",
+        type=float,
+        default=1.0,
+        help="least share of the out-of-scope gate's decisions that must not change (default: 1.0, all)",
+    )
+    parser.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from training.export import run_export
+
+    return run_export(args)

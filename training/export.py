@@ -17,38 +17,6 @@ from cxr_model.preprocessing import levels_to_unit, normalize, open_image, resiz
 from training.synthetic import OUT_OF_SCOPE_KINDS, render_out_of_scope
 
 
-def register_export(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export", help="write model.onnx beside a checkpoint (verified against torch); --int8 adds model.int8.onnx"
-    )
-    parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.add_argument(
-        "--int8", action="store_true", help="also the int8 export, kept only if it agrees with fp32 (default: off)"
-    )
-    parser.add_argument(
-        "--manifest",
-        default=None,
-        help="the training run's split_manifest.json (default: the one beside the checkpoint directory)",
-    )
-    parser.add_argument("--calibration-images", type=int, default=200, help="val images to calibrate on (default: 200)")
-    parser.add_argument("--held-out-images", type=int, default=400, help="test images to compare on (default: 400)")
-    parser.add_argument("--ood-per-kind", type=int, default=20, help="out-of-scope pictures per kind (default: 20)")
-    parser.add_argument(
-        "--min-top1",
-        type=float,
-        default=0.99,
-        help="least top-1 agreement on the held-out images fp32 does not flag low confidence (default: 0.99)",
-    )
-    parser.add_argument("--max-dp", type=float, default=0.03, help="largest |p_int8 - p_fp32| (default: 0.03)")
-    parser.add_argument(
-        "--min-gate-agreement",
-        type=float,
-        default=1.0,
-        help="least share of the out-of-scope gate's decisions that must not change (default: 1.0, all)",
-    )
-    parser.set_defaults(func=_export)
-
-
 def model_inputs(images, spec) -> np.ndarray:
     """Decoded images -> normalised model inputs, through the serving path's own steps."""
     tensors = [
@@ -90,7 +58,7 @@ def _manifest_for(checkpoint: Path, card, path: str | None) -> dict:
     return manifest
 
 
-def _export(args) -> int:
+def run_export(args) -> int:
     from cxr_model.checkpoint import read_card, write_card
     from cxr_model.onnx_runtime import export_onnx
     from cxr_model.quantize import AgreementFloors, QuantizationRefused, cpu_int8_support, export_int8

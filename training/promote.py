@@ -21,8 +21,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cxr_model.checkpoint import WEIGHTS_FILE, ModelCard, read_card, sha256_file
+if TYPE_CHECKING:  # the checkpoint module loads torch; `cxr --help` and other commands should not
+    from cxr_model.checkpoint import ModelCard
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def set_serve_checkpoint(text: str, checkpoint: str) -> str:
 
 def promote(checkpoint: Path, models_dir: Path, serve_config: Path, floors: Floors) -> Path:
     """Check, copy, point the serve config at the copy; ``PromotionRefused`` changes nothing."""
+    from cxr_model.checkpoint import WEIGHTS_FILE, read_card, sha256_file
+
     card = read_card(checkpoint)
     reasons = shortfalls(card, floors)
     if sha256_file(checkpoint / WEIGHTS_FILE) != card.weights_sha256:

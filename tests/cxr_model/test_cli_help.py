@@ -54,3 +54,15 @@ def test_every_argument_has_help_stating_its_default(command, parser):
         elif action.option_strings and not action.required and not _in_a_required_group(parser, action):
             # No value to print, so the help must say what happens without the flag.
             assert "default" in help_text, f"{command} {name}: help does not say what the default is"
+
+
+def test_building_the_command_line_loads_neither_torch_nor_ray():
+    """Every `cxr` command builds the whole parser first: an operator's `cxr keys list` or a PACS
+    admin's `cxr gateway status` must not wait seconds for torch or Ray to load."""
+    import subprocess
+    import sys
+
+    probe = "import sys; from cxr_model.cli import get_args_parser; get_args_parser(); print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))"  # noqa: E501
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
