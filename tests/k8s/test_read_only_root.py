@@ -8,23 +8,17 @@ the record's page and pictures, and log no "Read-only file system" anywhere.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 from pymongo import MongoClient
 
 from serve.api_keys import ApiKeys
 from tests.helpers import free_port
 from tests.k8s.conftest import K8S, by_kind, pod_specs, render, writable_paths
+from tests.k8s.read_only import ROOT, need_mount_namespaces, read_only_errors, read_only_wrap, seen_inside
 from tests.serve.helpers import chest_png, wait_until
 from tests.serve.ray_nodes import RayCluster
-
-ROOT = Path(__file__).resolve().parents[2]
-OLD_TMP = "/mnt"  # an empty directory on Debian: this machine's /tmp, read-only, goes there
 
 
 def serving_writable_paths() -> list[str]:
@@ -34,41 +28,8 @@ def serving_writable_paths() -> list[str]:
     return sorted(set.intersection(*per_pod))
 
 
-def under_tmp(path: Path) -> bool:
-    return path.resolve().is_relative_to("/tmp")
-
-
-def seen_inside(path: Path) -> Path:
-    """Where a path of this machine is seen in the namespace: what was under /tmp, at /mnt."""
-    path = path.resolve()
-    return Path(OLD_TMP) / path.relative_to("/tmp") if under_tmp(path) else path
-
-
-def read_only_wrap(writable: list[str]) -> list[str]:
-    """`unshare` into a private mount namespace: this machine's /tmp kept read-only at /mnt (the
-    checkpoint volume: the test checkpoint lives there), a fresh tmpfs on each writable path, this
-    checkout and its virtual environment bound back read-only where they were if they were under
-    /tmp (a clone in /tmp, as on CI), then / remounted read-only; then the wrapped command."""
-    steps = [f"mount --bind /tmp {OLD_TMP}", f"mount -o remount,bind,ro {OLD_TMP}"]
-    steps += [f"mount -t tmpfs tmpfs {path}" for path in writable]
-    code = sorted({ROOT.resolve(), Path(sys.prefix).resolve()})
-    for path in [c for c in code if under_tmp(c) and not any(c != o and c.is_relative_to(o) for o in code)]:
-        steps += [f"mkdir -p {path}", f"mount --bind {seen_inside(path)} {path}", f"mount -o remount,bind,ro {path}"]
-    steps += ["mount -o remount,bind,ro /"]
-    return ["unshare", "--mount", "--propagation", "private", "bash", "-c", " && ".join(steps) + ' && exec "$@"', "_"]
-
-
-def inside_logs(cluster: RayCluster) -> Path:
-    """The node's Ray logs, seen through its raylet's root (they live on the namespace's tmpfs)."""
-    raylet = cluster.nodes[0].raylet()
-    (session,) = Path(f"/proc/{raylet.pid}/root{cluster.temp_dir}").glob("session_2*")
-    return session / "logs"
-
-
 def test_the_serving_pods_run_with_a_read_only_root(mongo_server, tiny_checkpoint):
-    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"this machine does not allow a private mount namespace: {probe.stderr.decode().strip()}")
+    need_mount_namespaces()
     writable = serving_writable_paths()
     assert writable == ["/tmp"], writable  # what the manifests promise: /tmp and nothing else
     database = "cxr_read_only"
@@ -107,9 +68,6 @@ def test_the_serving_pods_run_with_a_read_only_root(mongo_server, tiny_checkpoin
         assert pictures
         for src in pictures:
             assert http.get(src.replace("&amp;", "&")).status_code == 200, src
-        logs = inside_logs(cluster)
-        found = subprocess.run(["grep", "-rl", "Read-only file system", str(logs)], capture_output=True, text=True)
-        assert found.stdout == "", found.stdout
-        assert any(logs.rglob("*.log"))  # the search looked at real logs
+        assert read_only_errors(cluster) == ""
     finally:
         cluster.stop()
