@@ -464,6 +464,22 @@ def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_
             assert "/tmp" in writable_paths(pod, container), container["name"]
 
 
+def test_only_the_autoscaling_head_holds_a_service_account_token(overlay):
+    """A pod that never calls the Kubernetes API gets no token: one stolen from a compromised app,
+    training or gateway pod opens nothing. Only KubeRay's autoscaler sidecar (in the serving head)
+    scales worker groups through the API, so only that pod keeps it."""
+    _, docs = overlay
+    score = [d for d in yaml.safe_load_all((K8S / "jobs" / "rayjob-score.yaml").read_text()) if d]
+    holders = []
+    for doc in docs + score:
+        for pod in pod_specs(doc):
+            if pod.get("automountServiceAccountToken", True):
+                holders.append((doc["kind"], [c["name"] for c in pod["containers"]]))
+    (service,) = by_kind(docs, "RayService")
+    assert service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+    assert holders == [("RayService", ["ray-head"])], holders
+
+
 def test_the_production_ingress_serves_the_app_over_tls_with_room_for_uploads():
     from serve.settings import ServeSettings
 
