@@ -6,7 +6,7 @@ Ray Data reads the file list in blocks and ``map_batches`` runs them through a
 pool of ``ArchiveScorer`` actors (each loads the model once); the driver
 writes each finished batch as one Parquet part and shows a progress bar. Run it
 again with the same ``--output`` after an interruption: finished files are
-skipped. On KubeRay it runs as a RayJob (``k8s/base/rayjob-score.yaml``).
+skipped. On KubeRay it runs as a RayJob (``k8s/scoring/``).
 """
 
 from __future__ import annotations

@@ -160,16 +160,16 @@ def render(directory: Path) -> list[dict]:
     return docs if docs is not None else render_fallback(directory)
 
 
-def kustomizations(name: str) -> tuple[Path, Path]:
-    """An environment's two kustomizations: serving, and training (applied on its own, on purpose)."""
-    return K8S / "overlays" / name, K8S / "training" / "overlays" / name
+def kustomizations(name: str) -> tuple[Path, Path, Path]:
+    """An environment's kustomizations: serving, then the two jobs, each applied on its own, on
+    purpose: training and archive scoring."""
+    return K8S / "overlays" / name, K8S / "training" / "overlays" / name, K8S / "scoring" / "overlays" / name
 
 
 @pytest.fixture(scope="session", params=OVERLAYS)
 def overlay(request) -> tuple[str, list[dict]]:
-    """Everything one environment runs: its serving overlay and its training overlay together."""
-    serving, training = kustomizations(request.param)
-    return request.param, render(serving) + render(training)
+    """Everything one environment runs: its serving, training and scoring overlays together."""
+    return request.param, [doc for directory in kustomizations(request.param) for doc in render(directory)]
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:

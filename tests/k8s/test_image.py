@@ -10,11 +10,12 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.k8s.conftest import K8S, ROOT
+from tests.k8s.conftest import K8S, ROOT, by_kind, pod_specs, render, writable_paths
 
 DOCKERFILE = (K8S / "Dockerfile").read_text()
 spec = importlib.util.spec_from_file_location("lock", ROOT / "scripts" / "lock_requirements.py")
@@ -59,6 +60,18 @@ def test_the_image_installs_the_lock_and_adds_the_gpl_database_only_when_asked()
     dev_readme = (K8S / "overlays" / "cpu-dev" / "README.md").read_text()
     assert "--build-arg EXTRAS=embedded-db" in dev_readme  # the dev cluster, which has no MongoDB
     assert re.search(r"^ARG RAY_IMAGE=rayproject/ray:[\d.]+-py311-gpu", DOCKERFILE, re.MULTILINE)
+
+
+def test_the_embedded_database_writes_where_the_dev_pods_can_on_a_read_only_root():
+    """cpu-dev runs the embedded database in its Ray pods, whose root filesystem is read-only: its
+    folder must lie on a path every one of those containers mounts writable."""
+    (folder,) = re.findall(r"CXR_EMBEDDED_DB_DIR=(\S+)", DOCKERFILE)
+    (service,) = by_kind(render(K8S / "overlays" / "cpu-dev"), "RayService")
+    for pod in pod_specs(service):
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert not any(e["name"] == "CXR_EMBEDDED_DB_DIR" for e in container.get("env", []))  # the image's
+            assert any(Path(folder).is_relative_to(p) for p in writable_paths(pod, container)), container["name"]
 
 
 def test_an_installed_copy_without_git_reports_the_commit_its_build_recorded(tmp_path):

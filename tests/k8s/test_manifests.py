@@ -69,16 +69,15 @@ def test_overlays_render_the_same_with_kubectl_and_without():
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
-def test_training_is_applied_on_purpose_never_with_the_serving_stack(name):
-    serving, training = (render(d) for d in kustomizations(name))
+def test_jobs_are_applied_on_purpose_never_with_the_serving_stack(name):
+    serving, *jobs = (render(d) for d in kustomizations(name))
     assert not by_kind(serving, "RayJob")  # re-applying serving never starts (or restarts) a training run
-    (job,) = training
-    assert (
-        job["kind"] == "RayJob"
-        and job["metadata"]["namespace"] == by_kind(serving, "RayService")[0]["metadata"]["namespace"]
-    )
-    # Its GPU cluster goes soon after the job ends; the results stay on the shared volume.
-    assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] <= 600
+    (service,) = by_kind(serving, "RayService")
+    assert [doc["metadata"]["name"] for docs in jobs for doc in docs] == ["cxr-train", "cxr-score"]
+    for (job,) in jobs:
+        assert job["kind"] == "RayJob" and job["metadata"]["namespace"] == service["metadata"]["namespace"]
+        # Its GPU cluster goes soon after the job ends; the results stay on the shared volume.
+        assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] <= 600
 
 
 @pytest.mark.parametrize("kind", ["RayService", "RayJob", "PodMonitor"])
@@ -87,9 +86,10 @@ def test_rendered_custom_resources_validate_against_the_real_crds(overlay, kind)
     if kind == "PodMonitor" and name == "cpu-dev":
         assert not by_kind(docs, kind)  # removed on purpose: dev clusters lack the operator
         return
-    (doc,) = by_kind(docs, kind)
-    errors = sorted(validator(kind).iter_errors(doc), key=str)
-    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+    assert by_kind(docs, kind)
+    for doc in by_kind(docs, kind):
+        errors = sorted(validator(kind).iter_errors(doc), key=str)
+        assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
 
 
 def test_the_ray_cluster_inside_a_rayservice_is_a_valid_raycluster_spec(overlay):
@@ -235,8 +235,8 @@ def test_ray_versions_and_images_agree(overlay):
     for doc in by_kind(docs, "RayService") + by_kind(docs, "RayJob"):
         spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
         assert spec["rayVersion"] == ray.__version__
-        images |= {c["image"] for c in containers(doc)}
-    assert len(images) == 1, images  # serving and training run one image
+        images |= {c["image"] for pod in pod_specs(doc) for c in pod["containers"]}  # submitters too
+    assert len(images) == 1, images  # serving, training and scoring run one image
     if name == "gpu":
         assert images.pop().startswith("registry.example.org/cxr-serve:")
 
@@ -301,7 +301,7 @@ def assert_secrets_only_where_read(name: str, service: dict) -> None:
 
 def test_training_job_runs_cxr_train_with_flags_it_accepts(overlay):
     _, docs = overlay
-    (job,) = by_kind(docs, "RayJob")
+    (job,) = [d for d in by_kind(docs, "RayJob") if d["metadata"]["name"] == "cxr-train"]
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     commands = [shlex.split(part) for part in job["spec"]["entrypoint"].split("&&")]
     train = next(c for c in commands if c[:2] == ["cxr", "train"])
@@ -322,32 +322,30 @@ def test_overlays_have_a_readme_with_purpose_usage_and_warnings():
             assert heading in text, f"{name}: {heading}"
 
 
-def test_the_archive_scoring_job_validates_and_runs_cxr_score_as_placed():
+def test_the_archive_scoring_job_runs_cxr_score_as_placed(overlay):
     from scoring.cli import get_args_parser
 
-    (job,) = [d for d in yaml.safe_load_all((K8S / "jobs" / "rayjob-score.yaml").read_text()) if d]
-    errors = sorted(validator("RayJob").iter_errors(job), key=str)
-    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
-    assert_restricted("score", pod_specs(job))  # it runs in the same restricted namespace
+    name, docs = overlay
+    (job,) = [d for d in by_kind(docs, "RayJob") if d["metadata"]["name"] == "cxr-score"]
     spec = job["spec"]
-    assert spec["shutdownAfterJobFinishes"] is True and spec["rayClusterSpec"]["rayVersion"] == ray.__version__
     command = shlex.split(spec["entrypoint"])
     assert command[:2] == ["cxr", "score"]
     args = get_args_parser().parse_args(command[2:])
     assert all(p.startswith("/mnt/cxr/") for p in (args.input, args.checkpoint, args.output))
-    # Every actor fits a GPU worker: one GPU each, and its CPUs within the pod's.
+    # Every actor fits a worker: one GPU each in production, and its CPUs within the pod's.
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
     (container,) = group["template"]["spec"]["containers"]
-    assert args.gpu and args.actors <= group["maxReplicas"] * int(container["resources"]["limits"]["nvidia.com/gpu"])
+    gpus = int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
+    assert args.gpu == (name == "gpu") and (not args.gpu or args.actors <= group["maxReplicas"] * gpus)
     assert args.cpus_per_actor <= float(container["resources"]["limits"]["cpu"])
     for pod in containers(job):
         assert "/mnt/cxr" in {m["mountPath"] for m in pod.get("volumeMounts", [])}
         env = {e["name"]: e for e in pod.get("env", [])}
-        assert env["CXR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "cxr-mongodb", "key": "uri"}
-    # The same image as serving, and never applied by accident with the serving kustomization.
-    (service,) = [d for d in yaml.safe_load_all((K8S / "base" / "rayservice.yaml").read_text()) if d]
-    assert {c["image"] for c in containers(job)} == {c["image"] for c in containers(service)}
-    assert not any("jobs" in p.read_text() for p in K8S.rglob("kustomization.yaml"))
+        if args.save:  # into the service's MongoDB; cpu-dev has none outside the app's own pod
+            assert env["CXR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "cxr-mongodb", "key": "uri"}
+        else:
+            assert "CXR_MONGODB_URI" not in env
+    assert args.save == (name == "gpu")
 
 
 def test_the_dicom_gateway_runs_cxr_gateway_with_its_own_spool_and_key(overlay, monkeypatch):
@@ -439,6 +437,15 @@ def assert_restricted(name: str, pods: list[dict]) -> None:
             assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", (name, container["name"])
         for volume in pod.get("volumes", []):  # restricted allows only these volume types
             assert set(volume) - {"name"} <= {"persistentVolumeClaim", "emptyDir", "secret", "configMap"}, volume
+        # At pod level too, so containers KubeRay adds (the autoscaler sidecar) inherit it; a pod that
+        # writes a claimed volume owns it through fsGroup, without a recursive chown at every start.
+        own = pod.get("securityContext", {})
+        assert own.get("runAsNonRoot") is True and own.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        mounts = [m for c in pod["containers"] for m in c.get("volumeMounts", [])]
+        # A claim: a persistentVolumeClaim volume, or a mount with no pod volume (a StatefulSet's template).
+        not_claims = {v["name"] for v in pod.get("volumes", []) if "persistentVolumeClaim" not in v}
+        if any(m["name"] not in not_claims and not m.get("readOnly") for m in mounts):
+            assert own.get("fsGroup") == 1000 and own.get("fsGroupChangePolicy") == "OnRootMismatch", name
 
 
 def test_every_pod_meets_the_restricted_pod_security_level_and_ray_requires_its_token(overlay):
@@ -469,9 +476,8 @@ def test_only_the_autoscaling_head_holds_a_service_account_token(overlay):
     training or gateway pod opens nothing. Only KubeRay's autoscaler sidecar (in the serving head)
     scales worker groups through the API, so only that pod keeps it."""
     _, docs = overlay
-    score = [d for d in yaml.safe_load_all((K8S / "jobs" / "rayjob-score.yaml").read_text()) if d]
     holders = []
-    for doc in docs + score:
+    for doc in docs:
         for pod in pod_specs(doc):
             if pod.get("automountServiceAccountToken", True):
                 holders.append((doc["kind"], [c["name"] for c in pod["containers"]]))

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import yaml
 from pymongo import MongoClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -42,9 +41,7 @@ SCORE = (
 
 def job_mounts() -> tuple[list[str], list[str]]:
     """What every container of both jobs' Ray pods may write to: emptyDir paths and volume paths."""
-    docs = render(K8S / "training" / "overlays" / "gpu") + list(
-        yaml.safe_load_all((K8S / "jobs" / "rayjob-score.yaml").read_text())
-    )
+    docs = render(K8S / "training" / "overlays" / "gpu") + render(K8S / "scoring" / "overlays" / "gpu")
     scratch, volumes = [], []
     for job in by_kind(docs, "RayJob"):
         spec = job["spec"]["rayClusterSpec"]
