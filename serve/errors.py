@@ -6,6 +6,8 @@ message beside the field it names. Nothing is stored for a request that ends in 
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from starlette.responses import JSONResponse
 
 
@@ -71,3 +73,12 @@ class NotFound(ServiceError):
 
 def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(exc.to_json(), exc.status, headers=exc.headers())
+
+
+def no_route_error(method: str, status: int) -> ServiceError:
+    """The router's own refusals (no such path, or not with this method) as the service's errors."""
+    if status == 404:
+        return NotFound("there is nothing at this address")
+    if status == 405:
+        return ServiceError(405, "method_not_allowed", f"{method} is not allowed at this address")
+    return ServiceError(status, "http_error", HTTPStatus(status).phrase.lower())

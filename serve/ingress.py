@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,9 +21,9 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from serve.api import Api
-from serve.authentication import Authenticator, refusal
+from serve.authentication import Authenticator, is_api, refusal
 from serve.dicomweb import DicomWeb
-from serve.errors import Unavailable
+from serve.errors import Unavailable, error_response, no_route_error
 from serve.fhir import Fhir
 from serve.monitoring import Monitoring
 from serve.pages import Pages
@@ -53,9 +54,24 @@ class Ingress:
         routes = [route for owner in owners for route in build_routes(owner, self.authenticator)]
         return Starlette(
             routes=routes + [Mount("/static", StaticFiles(directory=STATIC_DIR))],
-            exception_handlers={PyMongoError: self.database_unavailable, BackPressureError: self.busy},
+            exception_handlers={
+                HTTPException: self.no_route,
+                PyMongoError: self.database_unavailable,
+                BackPressureError: self.busy,
+            },
             middleware=[Middleware(SecurityHeaders)],
         )
+
+    async def no_route(self, request: Request, exc: HTTPException) -> Response:
+        """No route for this path (404), or not for this method (405, with ``Allow``): the API's JSON
+        error for machine paths, a page like every other for people (Starlette's is bare text)."""
+        error = no_route_error(request.method, exc.status_code)
+        if is_api(request.url.path):
+            response = error_response(error)
+        else:
+            response = await self.pages.error_response(request, error)
+        response.headers.update(exc.headers or {})
+        return response
 
     async def busy(self, request: Request, exc: Exception) -> Response:
         # A store (or classifier) queue is full: a fast refusal with Retry-After, never a 500.

@@ -53,7 +53,8 @@ class PageBase(RouteOwner):
         return await self._page(request, "message.html", None, status, title=title, message=message)
 
     async def error_response(self, request: Request, error: ServiceError) -> Response:
-        return await self._message(request, error.status, "Request refused", str(error))
+        title = {404: "Not found", 405: "Method not allowed"}.get(error.status, "Request refused")
+        return await self._message(request, error.status, title, str(error))
 
     async def form_refused(self, request: Request, error: ServiceError) -> Response:
         return await self._message(request, error.status, "Form refused", str(error))

@@ -14,6 +14,7 @@ from pymongo import MongoClient
 from serve.api_keys import ApiKeys
 from serve.records import PredictionRecords
 from tests.helpers import free_port
+from tests.serve.browser import launch
 from tests.serve.helpers import client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,3 +115,14 @@ def records(mongo_server):
 def keys(service):
     """The service's API keys, managed as an administrator does (``cxr keys``): straight in the database."""
     return ApiKeys(MongoClient(service.env["CXR_MONGODB_URI"])["cxr_test"])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium (tests/serve/browser.py), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()

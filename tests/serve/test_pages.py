@@ -32,6 +32,26 @@ def test_new_study_page_and_static_files(service):
     assert service.http.get("/static/../serve/app.py").status_code == 404
 
 
+def test_an_unknown_address_or_method_gets_a_page_for_people_and_json_for_machines(service, db):
+    before = stored_counts(db)
+    page = service.http.get("/no-such-page", headers={"Accept": "text/html"})
+    assert page.status_code == 404 and is_full_page(page.text)  # titled, landmarks, the way back
+    assert "<title>Not found" in page.text and '<html lang="en">' in page.text and "<h1>Not found</h1>" in page.text
+    wrong = service.http.delete("/worklist")
+    assert (
+        wrong.status_code == 405
+        and is_full_page(wrong.text)
+        and set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    )
+    for path in ("/api/v1/no-such-endpoint", "/dicomweb/no-such-resource", "/fhir/NoSuchType"):
+        missing = service.http.get(path)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found", path
+    refused = service.http.put("/api/v1/predictions", json={})
+    assert refused.status_code == 405 and refused.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in refused.headers["allow"].split(", ")
+    assert stored_counts(db) == before
+
+
 def test_plain_form_post_returns_the_whole_page_with_the_result(service, db):
     before = stored_counts(db)
     response = post_prediction(service, chest_png(40))

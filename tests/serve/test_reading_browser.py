@@ -11,7 +11,7 @@ from datetime import timezone
 from serve.records import now
 from serve.settings import ServeSettings
 from serve.worklist import order
-from tests.serve.test_browser import Session, browser  # noqa: F401 - the module's browser fixture
+from tests.serve.browser import Session
 from tests.serve.test_reading import send
 
 
