@@ -69,7 +69,7 @@ def test_htmx_post_returns_only_the_result_fragment(service):
     assert "<html" not in html and html.count("<meter") == 4
     assert 'id="view-gradcam"' in html  # Grad-CAM toggle when requested
     assert re.search(
-        r'<input type="hidden" id="request_id" name="request_id" value="[0-9a-f]{32}" hx-swap-oob="true">', html
+        r'<input type="hidden" id="request_id" name="request_id" value="[0-9a-f]{32}" data-hx-swap-oob="true">', html
     )
 
 
@@ -121,8 +121,8 @@ def test_htmx_errors_are_swapped_next_to_each_field_and_store_nothing(service, d
     assert response.status_code == 415  # the most specific problem sets the status
     html = response.text
     assert not is_full_page(html) and 'role="alert"' in html
-    assert re.search(r'id="patient_id-error"[^>]*hx-swap-oob="true">Enter the patient ID', html)
-    assert re.search(r'id="image-error"[^>]*hx-swap-oob="true">This file is not a PNG, JPEG or DICOM image', html)
+    assert re.search(r'id="patient_id-error"[^>]*data-hx-swap-oob="true">Enter the patient ID', html)
+    assert re.search(r'id="image-error"[^>]*data-hx-swap-oob="true">This file is not a PNG, JPEG or DICOM image', html)
     assert stored_counts(db) == before
 
 

@@ -224,8 +224,8 @@ def test_study_form_posts_without_javascript_and_binds_labels(renderer):
     tags = Tags(renderer.render("new_prediction.html", **FULL_PAGES["new_prediction.html"]))
     (study_form,) = tags.find("form", id="prediction-form")
     assert study_form["action"] == "/predictions" and study_form["method"] == "post"
-    assert study_form["enctype"] == "multipart/form-data" and study_form["hx-post"] == "/predictions"
-    assert study_form["hx-target"] == "#result" and study_form["hx-indicator"] == "#prediction-busy"
+    assert study_form["enctype"] == "multipart/form-data" and study_form["data-hx-post"] == "/predictions"
+    assert study_form["data-hx-target"] == "#result" and study_form["data-hx-indicator"] == "#prediction-busy"
     for field_id in ("patient_id", "image"):
         assert tags.find("label", **{"for": field_id}) and tags.find("input", id=field_id)
     assert tags.find("progress", id="upload-progress")
@@ -256,7 +256,7 @@ def test_field_errors_render_next_to_their_fields_and_as_out_of_band_swaps(rende
     assert tags.find("div", role="alert")
     for name, message in errors.items():
         (element,) = tags.find("p", id=f"{name}-error")
-        assert element["hx-swap-oob"] == "true"
+        assert element["data-hx-swap-oob"] == "true"
         assert message in fragment
 
 
@@ -265,7 +265,7 @@ def test_result_partial_shows_a_bar_per_label_and_a_fresh_request_id(renderer):
     tags = Tags(fragment)
     meters = tags.find("meter")
     assert [float(m["value"]) for m in meters] == [0.1, 0.2, 0.6, 0.1]
-    assert tags.find("input", id="request_id", value="next-request-1", **{"hx-swap-oob": "true"})
+    assert tags.find("input", id="request_id", value="next-request-1", **{"data-hx-swap-oob": "true"})
     assert tags.find("img", src="data:image/jpeg;base64,AAAA")
     assert not tags.find("input", id="view-gradcam"), "no Grad-CAM toggle without a Grad-CAM image"
     assert tags.find("form", action="/predictions/save")
