@@ -27,6 +27,23 @@ def check(spec, schema_name: str, instance) -> None:
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(instance)
 
 
+def test_the_served_document_is_valid_openapi_3_1(spec):
+    """The official OpenAPI 3.1 schema, as API linters and client generators read the document: a
+    YAML slip (a comma in a flow mapping makes a stray key) is an error there, silent elsewhere."""
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+    try:
+        validate(spec)
+    except OpenAPIValidationError as error:
+        pytest.fail(f"{error.message} at {list(error.path)}")
+    # Every operation under one declared tag: how API browsers and client generators group them.
+    declared = {tag["name"] for tag in spec["tags"]}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert len(operation.get("tags", [])) == 1 and operation["tags"][0] in declared, (method, path)
+
+
 def test_every_route_is_documented(service, spec):
     from serve.api import Api
     from serve.monitoring import Monitoring
