@@ -527,3 +527,25 @@ def test_production_is_highly_available_on_paper():
     for name, labels in templates.items():
         matching = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert len(matching) == 1 and matching[0]["spec"]["maxUnavailable"] == 1, name
+    # Two Ray nodes (pods) on one machine would be one failure: each group spreads over machines
+    # (required where nodes are plentiful: CPU workers, gateways; preferred for scarce GPU nodes).
+    pods = {group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]} | {
+        "gateway": gateway["spec"]["template"]
+    }
+    required = {"cpu": "DoNotSchedule", "gateway": "DoNotSchedule", "gpu": "ScheduleAnyway"}
+    for name, template in pods.items():
+        spread = {c["topologyKey"]: c for c in template["spec"]["topologySpreadConstraints"]}
+        for constraint in spread.values():  # it counts this group's own pods
+            assert constraint["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == required[name], name
+        assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway", name
+
+
+def test_the_dev_overlay_places_every_pod_on_one_machine():
+    """cpu-dev runs on kind or minikube: no spreading rule may leave a pod pending there."""
+    docs = render(K8S / "overlays" / "cpu-dev")
+    for doc in docs:
+        for pod in pod_specs(doc):
+            for constraint in pod.get("topologySpreadConstraints", []):
+                assert constraint["whenUnsatisfiable"] == "ScheduleAnyway", doc["metadata"]["name"]
+            assert "affinity" not in pod
