@@ -6,8 +6,9 @@ can never hold is therefore a silent throughput cap, so ``serve.config_check --c
 Kubernetes tests check it before anything is deployed.
 
 The check packs every replica the config may run at once (``max_replicas`` when autoscaling) onto
-the nodes, largest first. First-fit decreasing can miss a packing that exists, never invent one:
-it errs on the side of refusing.
+the nodes, largest first, at most ``max_replicas_per_node`` of a deployment on one node.
+First-fit decreasing can miss a packing that exists, never invent one: it errs on the side of
+refusing.
 """
 
 from __future__ import annotations
@@ -22,19 +23,24 @@ EPSILON = 1e-4  # Ray's resource granularity
 class Replica:
     deployment: str
     demand: dict[str, float]
+    per_node: int | None = None  # the deployment's max_replicas_per_node
 
 
 @dataclass
 class Node:
     name: str
     free: dict[str, float] = field(default_factory=dict)
+    placed: dict[str, int] = field(default_factory=dict)  # replicas per deployment on this node
 
-    def fits(self, demand: dict[str, float]) -> bool:
-        return all(self.free.get(k, 0.0) + EPSILON >= v for k, v in demand.items() if v > 0)
+    def fits(self, replica: Replica) -> bool:
+        if replica.per_node is not None and self.placed.get(replica.deployment, 0) >= replica.per_node:
+            return False
+        return all(self.free.get(k, 0.0) + EPSILON >= v for k, v in replica.demand.items() if v > 0)
 
-    def take(self, demand: dict[str, float]) -> None:
-        for k, v in demand.items():
+    def take(self, replica: Replica) -> None:
+        for k, v in replica.demand.items():
             self.free[k] = self.free.get(k, 0.0) - v
+        self.placed[replica.deployment] = self.placed.get(replica.deployment, 0) + 1
 
 
 def most_replicas(deployment: dict) -> int:
@@ -55,7 +61,7 @@ def replica_demand(deployment: dict) -> dict[str, float]:
 
 def replicas_at_most(config: dict) -> list[Replica]:
     return [
-        Replica(d["name"], replica_demand(d))
+        Replica(d["name"], replica_demand(d), d.get("max_replicas_per_node"))
         for app in config.get("applications", [])
         for d in app.get("deployments", [])
         for _ in range(most_replicas(d))
@@ -69,11 +75,11 @@ def unplaceable(config: dict, nodes: list[Node]) -> list[str]:
     )
     left = []
     for replica in replicas:
-        node = next((n for n in nodes if n.fits(replica.demand)), None)
+        node = next((n for n in nodes if n.fits(replica)), None)
         if node is None:
             left.append(replica.deployment)
         else:
-            node.take(replica.demand)
+            node.take(replica)
     return left
 
 

@@ -102,8 +102,8 @@ def set_serve_checkpoint(text: str, checkpoint: str) -> str:
     return "".join(lines[: block + 1] + [entry] + lines[block + 1 :])
 
 
-def promote(checkpoint: Path, models_dir: Path, serve_config: Path, floors: Floors) -> Path:
-    """Check, copy, point the serve config at the copy; ``PromotionRefused`` changes nothing."""
+def promote(checkpoint: Path, models_dir: Path, serve_config: Path | None, floors: Floors) -> Path:
+    """Check, copy, point the serve config (if given) at the copy; ``PromotionRefused`` changes nothing."""
     from cxr_model.checkpoint import WEIGHTS_FILE, read_card, sha256_file
 
     card = read_card(checkpoint)
@@ -121,7 +121,8 @@ def promote(checkpoint: Path, models_dir: Path, serve_config: Path, floors: Floo
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(checkpoint, staging)
         staging.rename(target)  # whole or not at all: serving never sees a half-copied checkpoint
-    serve_config.write_text(set_serve_checkpoint(serve_config.read_text(), str(target)))
+    if serve_config is not None:
+        serve_config.write_text(set_serve_checkpoint(serve_config.read_text(), str(target)))
     return target
 
 
@@ -144,9 +145,10 @@ def register_promote(subparsers) -> None:
     )
     parser.add_argument(
         "--serve-config",
-        type=Path,
+        type=lambda text: Path(text) if text else None,
         default=Path("serve_config.yaml"),
-        help="the Serve config to point at it (default: %(default)s)",
+        help="the Serve config to point at it; '' to only check and copy, as the training RayJob does on "
+        "the cluster, where the repository is not (default: %(default)s)",
     )
     parser.add_argument(
         "--min-accuracy", type=float, default=defaults.accuracy, help="test accuracy floor (default: %(default)s)"
@@ -184,6 +186,10 @@ def _promote(args: argparse.Namespace) -> int:
         for reason in refused.reasons:
             print(f"  - {reason}")
         return 2
+    if args.serve_config is None:
+        print(f"promoted to {target}. To serve it: set BatchedClassifier's user_config.checkpoint in")
+        print(f"serve_config.yaml to {target}, then scripts/kube_serve_config.py && kubectl apply -k k8s/overlays/gpu")
+        return 0
     print(f"promoted to {target}; {args.serve_config} now serves it.")
     print("Next: .venv/bin/python scripts/kube_serve_config.py && kubectl apply -k k8s/overlays/gpu")
     return 0

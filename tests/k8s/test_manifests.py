@@ -300,7 +300,7 @@ def assert_secrets_only_where_read(name: str, service: dict) -> None:
 
 
 def test_training_job_runs_cxr_train_with_flags_it_accepts(overlay):
-    _, docs = overlay
+    name, docs = overlay
     (job,) = [d for d in by_kind(docs, "RayJob") if d["metadata"]["name"] == "cxr-train"]
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     commands = [shlex.split(part) for part in job["spec"]["entrypoint"].split("&&")]
@@ -309,6 +309,16 @@ def test_training_job_runs_cxr_train_with_flags_it_accepts(overlay):
     add_train_arguments(parser)
     args = parser.parse_args(train[2:])
     assert args.output_dir.startswith("/mnt/cxr/")  # the shared volume every pod mounts
+    if name == "gpu":  # then the floors, and the copy to the models volume on success
+        from training.promote import register_promote
+
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        register_promote(subparsers)
+        promote = next(c for c in commands if "promote" in c)
+        promote = promote[promote.index("cxr") : promote.index("||")]  # a refusal does not fail the job
+        promoted = subparsers.choices["promote"].parse_args(promote[2:])
+        assert promoted.checkpoint == Path(args.output_dir) / "checkpoint" and promoted.serve_config is None
+        assert str(promoted.models_dir).startswith("/mnt/cxr/")
     mounts = {m["mountPath"] for c in containers(job) for m in c.get("volumeMounts", [])}
     assert "/mnt/cxr" in mounts
     (claim,) = by_kind(docs, "PersistentVolumeClaim")
@@ -527,6 +537,7 @@ def test_production_is_highly_available_on_paper():
     for name, labels in templates.items():
         matching = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert len(matching) == 1 and matching[0]["spec"]["maxUnavailable"] == 1, name
+        assert matching[0]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", name  # drains not blocked
     # Two Ray nodes (pods) on one machine would be one failure: each group spreads over machines
     # (required where nodes are plentiful: CPU workers, gateways; preferred for scarce GPU nodes).
     pods = {group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]} | {

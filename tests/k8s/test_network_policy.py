@@ -95,12 +95,15 @@ def test_metrics_only_to_monitoring_and_dicom_only_from_the_pacs_network():
     assert not allowed(GATEWAY, 9102, INGRESS)
 
 
-def test_kuberay_reaches_the_dashboard_api_and_nothing_else():
+def test_kuberay_reaches_the_dashboard_api_and_the_proxy_health_check_and_nothing_else():
     operator = {"namespace": "kuberay-system", "labels": {"app.kubernetes.io/name": "kuberay-operator"}}
     submitter = {"namespace": NAMESPACE, "labels": {"batch.kubernetes.io/job-name": "cxr-train-abcde"}}
     for source in (operator, submitter):
         assert allowed(HEAD, 8265, source)
         assert not allowed(HEAD, 6379, source) and not allowed(HEAD, 10001, source)
+    # The operator's GET http://<head IP>:8000/-/healthz decides whether the head joins the serve
+    # Service (KubeRay's RayHttpProxyClient); the submitter has no business there.
+    assert allowed(HEAD, 8000, operator) and not allowed(HEAD, 8000, submitter)
 
 
 def test_every_pod_of_the_app_is_selected_by_some_policy():

@@ -25,6 +25,15 @@ def deployment(config: dict, name: str) -> dict:
     return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
 
 
+def test_max_replicas_per_node_caps_what_one_node_holds_however_large():
+    config = {"applications": [{"deployments": [
+        {"name": "Ingress", "autoscaling_config": {"max_replicas": 3}, "max_replicas_per_node": 1,
+         "ray_actor_options": {"num_cpus": 0.5}},
+    ]}]}  # fmt: skip
+    assert unplaceable(config, [Node("big", {"CPU": 64})]) == ["Ingress", "Ingress"]
+    assert unplaceable(config, [Node(f"n{i}", {"CPU": 1}) for i in range(3)]) == []
+
+
 def test_the_shipped_config_fits_the_two_core_machine_at_its_most():
     assert most_replicas(deployment(SHIPPED, CLASSIFIER)) == 2
     assert unplaceable(SHIPPED, [Node("local", {"CPU": 2})]) == []

@@ -118,3 +118,17 @@ def test_stricter_floors_from_the_command_line(candidate, config, tmp_path):
         "--min-sensitivity", "COVID-19=0.95", "--min-sensitivity", "Normal=0.5",
     )  # fmt: skip
     assert result.returncode == 2 and "sensitivity for COVID-19 0.940 is below the floor 0.950" in result.stdout
+
+
+def test_on_the_cluster_it_checks_and_copies_and_names_the_path_to_serve(candidate, tmp_path, monkeypatch):
+    """The training RayJob promotes where the repository is not: --serve-config '' copies only, and
+    says which path to put in serve_config.yaml; no serve config is read or written."""
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.chdir(tmp_path)  # no serve_config.yaml here: reading one would fail
+    result = cxr("promote", str(candidate), "--models-dir", str(models), "--serve-config", "")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (target,) = models.iterdir()
+    assert read_card(target).weights_sha256 == read_card(candidate).weights_sha256
+    assert f"user_config.checkpoint in\nserve_config.yaml to {target}" in result.stdout
+    assert not (tmp_path / "serve_config.yaml").exists()
