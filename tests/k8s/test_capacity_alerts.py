@@ -51,6 +51,21 @@ def test_a_head_that_stops_answering_pages_and_a_blip_does_not(tmp_path):
     check(tmp_path, blip, [expect("CXRRayHeadDown", 12, None), expect("CXRRayHeadDown", 15, None)])
 
 
+def test_a_head_that_is_gone_pages_and_an_upgrade_does_not(tmp_path):
+    """A deleted head pod leaves no `up` series (CXRRayHeadDown sees nothing); a blue/green upgrade
+    scrapes the new head before the old one goes."""
+    old = {"job": "cxr", "namespace": "cxr", "ray_io_cluster": "cxr-serve-abc", "ray_node_type": "head"}
+    new = old | {"ray_io_cluster": "cxr-serve-def"}
+    gone = [series("up", old, "1x5 stale")]  # no series from minute 6
+    fired = {"ray_node_type": "head"}  # all absent() can say
+    check(tmp_path, gone, [expect("CXRRayHeadAbsent", 9, None), expect("CXRRayHeadAbsent", 12, fired)])
+    check(tmp_path, gone, [expect("CXRRayHeadDown", 12, None)])  # why the second alert exists
+    upgrade = [series("up", old, "1x5 stale"), series("up", new, "_x3 1x20")]
+    check(tmp_path, upgrade, [expect("CXRRayHeadAbsent", 12, None), expect("CXRRayHeadAbsent", 20, None)])
+    down = [series("up", old, "0x20")]  # present but down: the other alert's case
+    check(tmp_path, down, [expect("CXRRayHeadAbsent", 12, None)])
+
+
 def test_gpu_memory_and_saturation_alerts(tmp_path):
     gpu = {"ip": "10.1.2.3", "GpuIndex": "0"}
     gib = 1024**3

@@ -1,7 +1,7 @@
 """The NetworkPolicies, evaluated as Kubernetes does (policies add up; a selected pod refuses the
-rest) for the callers an attacker inside the cluster would be: the Ray control plane is closed to
-everything but the cluster's own Ray pods, the app port open to the ingress controller and the
-gateway, metrics to monitoring, DICOM to the PACS network."""
+rest) for the callers an attacker inside the cluster would be: each Ray cluster's control plane
+(serving, training, scoring) is closed to everything but that cluster's own Ray pods, the app port
+open to the ingress controller and the gateway, metrics to monitoring, DICOM to the PACS network."""
 
 from __future__ import annotations
 
@@ -9,22 +9,27 @@ import ipaddress
 
 import pytest
 
-from tests.k8s.conftest import K8S, by_kind, render
+from tests.k8s.conftest import by_kind, kustomizations, render
 
-DOCS = render(K8S / "overlays" / "gpu")
+DOCS = [doc for directory in kustomizations("gpu") for doc in render(directory)]  # serving and both jobs
 POLICIES = by_kind(DOCS, "NetworkPolicy")
 NAMESPACE = "cxr"
 RAY_NODE = {"ray.io/is-ray-node": "yes"}  # KubeRay labels every Ray pod so
 
 
-def pod_labels(component: str) -> dict:
-    for doc in by_kind(DOCS, "RayService"):
-        spec = doc["spec"]["rayClusterConfig"]
-        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+def pod_labels(workload: str, component: str) -> dict:
+    """A pod's labels as KubeRay or the StatefulSet controller gives them (workload: the resource)."""
+    for doc in by_kind(DOCS, "RayService") + by_kind(DOCS, "RayJob"):
+        if doc["metadata"]["name"] != workload:
+            continue
+        spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
             labels = group["template"]["metadata"]["labels"]
             if labels.get("app.kubernetes.io/component") == component:
                 return labels | RAY_NODE
-    (gateway,) = [d for d in by_kind(DOCS, "StatefulSet") if d["metadata"]["name"] == "cxr-gateway"]
+        if component == "ray-job-submitter":  # a Job's pod, not a Ray node
+            return doc["spec"]["submitterPodTemplate"]["metadata"]["labels"] | {"batch.kubernetes.io/job-name": "x"}
+    (gateway,) = [d for d in by_kind(DOCS, "StatefulSet") if d["metadata"]["name"] == workload]
     return gateway["spec"]["template"]["metadata"]["labels"]
 
 
@@ -63,7 +68,12 @@ def allowed(target: dict, port: int, source: dict) -> bool:
     return False
 
 
-HEAD, GPU, CPU, GATEWAY = (pod_labels(c) for c in ("ray-head", "ray-gpu-worker", "ray-cpu-worker", "dicom-gateway"))
+HEAD, GPU, CPU = (pod_labels("cxr-serve", c) for c in ("ray-head", "ray-gpu-worker", "ray-cpu-worker"))
+GATEWAY = pod_labels("cxr-gateway", "dicom-gateway")
+JOBS = {  # each job's Ray pods, and the pod that submits it
+    job: (pod_labels(job, "ray-head"), pod_labels(job, worker), pod_labels(job, "ray-job-submitter"))
+    for job, worker in (("cxr-train", "ray-train-worker"), ("cxr-score", "ray-score-worker"))
+}
 ANOTHER_APP = {"namespace": NAMESPACE, "labels": {"app": "someone-elses"}}
 OTHER_NAMESPACE = {"namespace": "team-b", "labels": {"app": "anything"}}
 RAY_POD = {"namespace": NAMESPACE, "labels": GPU}
@@ -97,15 +107,38 @@ def test_metrics_only_to_monitoring_and_dicom_only_from_the_pacs_network():
 
 def test_kuberay_reaches_the_dashboard_api_and_the_proxy_health_check_and_nothing_else():
     operator = {"namespace": "kuberay-system", "labels": {"app.kubernetes.io/name": "kuberay-operator"}}
-    submitter = {"namespace": NAMESPACE, "labels": {"batch.kubernetes.io/job-name": "cxr-train-abcde"}}
-    for source in (operator, submitter):
-        assert allowed(HEAD, 8265, source)
-        assert not allowed(HEAD, 6379, source) and not allowed(HEAD, 10001, source)
+    assert allowed(HEAD, 8265, operator)
+    assert not allowed(HEAD, 6379, operator) and not allowed(HEAD, 10001, operator)
     # The operator's GET http://<head IP>:8000/-/healthz decides whether the head joins the serve
-    # Service (KubeRay's RayHttpProxyClient); the submitter has no business there.
-    assert allowed(HEAD, 8000, operator) and not allowed(HEAD, 8000, submitter)
+    # Service (KubeRay's RayHttpProxyClient).
+    assert allowed(HEAD, 8000, operator)
+    for job_head, _, _ in JOBS.values():
+        assert allowed(job_head, 8265, operator) and not allowed(job_head, 6379, operator)
 
 
-def test_every_pod_of_the_app_is_selected_by_some_policy():
-    for labels in (HEAD, GPU, CPU, GATEWAY):
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_each_job_cluster_is_closed_to_all_but_its_own_pods_and_apart_from_serving(job):
+    head, worker, submitter = JOBS[job]
+    other_head, _, _ = JOBS[({*JOBS} - {job}).pop()]
+    own = {"namespace": NAMESPACE, "labels": worker}
+    for port in (6379, 8265, 10001, 52365):
+        assert allowed(head, port, own)
+        # A training or scoring pod (running whatever code a job was given) reaches neither the
+        # serving cluster's control plane nor the other job's, and serving pods not the job's.
+        for target, source in ((HEAD, worker), (HEAD, head), (other_head, worker), (head, GPU), (head, CPU)):
+            assert not allowed(target, port, {"namespace": NAMESPACE, "labels": source}), (target, source, port)
+        for attacker in (ANOTHER_APP, OTHER_NAMESPACE, INGRESS, GATEWAY_POD):
+            assert not allowed(head, port, attacker)
+    # Its submitter reaches its own head's job API and nothing else; no job reaches the app port.
+    assert allowed(head, 8265, {"namespace": NAMESPACE, "labels": submitter})
+    for target, port in ((head, 6379), (HEAD, 8265), (other_head, 8265), (HEAD, 8000)):
+        assert not allowed(target, port, {"namespace": NAMESPACE, "labels": submitter}), (target, port)
+    for source in (head, worker):
+        assert not allowed(HEAD, 8000, {"namespace": NAMESPACE, "labels": source})
+    assert not allowed(head, 8000, INGRESS)
+
+
+def test_every_ray_pod_and_gateway_is_selected_by_some_policy():
+    job_pods = [labels for head, worker, _ in JOBS.values() for labels in (head, worker)]
+    for labels in (HEAD, GPU, CPU, GATEWAY, *job_pods):
         assert any(_selects(p["spec"]["podSelector"], labels) for p in POLICIES), labels
