@@ -7,8 +7,10 @@ deployment's constructor; nothing below it reads the environment. Each knob has 
 
 Secrets (``SECRET_FIELDS``) are the exception: Serve keeps deployment arguments in the GCS (with
 fault tolerance, in Redis), so the builder passes them blank and each replica that needs one reads
-it from its own pod's environment (``with_own_secrets``), where the Secret is mounted; pods that need
-none (the GPU nodes, the head) carry none.
+it on its own node (``with_own_secrets``); pods that need none (the GPU nodes, the head) carry none.
+On a node a secret is a ``CXR_*`` variable or, better, a file named like it in the folder
+``CXR_SECRETS_DIR`` names (Kubernetes mounts a Secret's keys so): a file stays out of the
+environment that every Ray worker process on the node inherits. A variable wins over a file.
 
 Which checkpoint is served, highest first (applied in ``serve.app`` and ``BatchedClassifier``):
 1. ``user_config.checkpoint`` of the BatchedClassifier deployment: a model roll, applied at runtime;
@@ -18,17 +20,20 @@ Which checkpoint is served, highest first (applied in ``serve.app`` and ``Batche
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SecretsSettingsSource, SettingsConfigDict
 
 from cxr_model.formats import MAX_PIXELS
 from serve.worklist import UrgencyPolicy
 
 SECRET_FIELDS = ("mongodb_uri", "session_secret", "pseudonym_key", "proxy_secret")
+SECRETS_DIR_VARIABLE = "CXR_SECRETS_DIR"  # where a node's secrets are files (see above)
 
 
 class MissingSecret(RuntimeError):
@@ -37,6 +42,22 @@ class MissingSecret(RuntimeError):
 
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Every node may name the folder (one set of plain settings everywhere); only where the
+        # Secret is mounted does it exist, and only there are files read.
+        folder = os.environ.get(SECRETS_DIR_VARIABLE)
+        if folder and Path(folder).is_dir():
+            file_secret_settings = SecretsSettingsSource(settings_cls, secrets_dir=folder)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     checkpoint: str | None = None
     # Unset: an embedded SecantusDB server is started once per Ray cluster on loopback.
@@ -130,12 +151,15 @@ class ServeSettings(BaseSettings):
         return self.model_copy(update=blank | draws)
 
     def with_own_secrets(self) -> ServeSettings:
-        """In a replica: the secrets of this pod's environment over what was passed down."""
+        """In a replica: this node's own secrets (variables, or files in CXR_SECRETS_DIR) over what was passed down."""
         own = ServeSettings()
         settings = self.model_copy(update={name: getattr(own, name) for name in SECRET_FIELDS if getattr(own, name)})
         for name in ("session_secret", "pseudonym_key"):
             if not getattr(settings, name):
-                raise MissingSecret(f"CXR_{name.upper()} is set where the app was built but not on this node")
+                raise MissingSecret(
+                    f"CXR_{name.upper()} is set where the app was built but not on this node"
+                    f" (neither a variable nor a file in {SECRETS_DIR_VARIABLE})"
+                )
         if settings.auth == "proxy" and len(settings.proxy_secret) < 32:
             raise MissingSecret("CXR_AUTH=proxy needs CXR_PROXY_SECRET (32+ characters) on this node")
         return settings

@@ -34,3 +34,18 @@ def containers(doc: dict) -> list[dict]:
     spec = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
     groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
     return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def secret_files(pod: dict, container: dict) -> dict[str, dict]:
+    """Folder -> {file name: (Secret, key)} for the container's Secret mounts (plain or projected)."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    out = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        sources = [s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s]
+        if "secret" in volume:
+            sources.append({"name": volume["secret"]["secretName"], "items": volume["secret"]["items"]})
+        if sources:
+            assert mount["readOnly"] is True, mount
+            out[mount["mountPath"]] = {i["path"]: (s["name"], i["key"]) for s in sources for i in s["items"]}
+    return out

@@ -28,6 +28,11 @@ def referenced_secrets(docs: list[dict]) -> dict[str, set[str]]:
                 found.setdefault(ref["name"], set()).add(ref["key"])
             if "secretName" in node:
                 found.setdefault(node["secretName"], set()).update(i["key"] for i in node.get("items", []))
+            for source in node.get("sources", []):  # a projected volume's Secrets
+                if "secret" in source:
+                    found.setdefault(source["secret"]["name"], set()).update(
+                        i["key"] for i in source["secret"]["items"]
+                    )
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):

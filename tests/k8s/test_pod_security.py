@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 
 from tests.k8s.conftest import K8S, by_kind, pod_specs, render, writable_paths
-from tests.k8s.manifests import serve_config
+from tests.k8s.manifests import secret_files, serve_config
+
+# What the restricted level allows and these manifests use (it also allows csi, downwardAPI, ephemeral).
+RESTRICTED_VOLUMES = {"persistentVolumeClaim", "emptyDir", "secret", "configMap", "projected"}
 
 
 def assert_restricted(name: str, pods: list[dict]) -> None:
@@ -19,7 +22,13 @@ def assert_restricted(name: str, pods: list[dict]) -> None:
             assert context.get("capabilities", {}).get("drop") == ["ALL"], (name, container["name"])
             assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", (name, container["name"])
         for volume in pod.get("volumes", []):  # restricted allows only these volume types
-            assert set(volume) - {"name"} <= {"persistentVolumeClaim", "emptyDir", "secret", "configMap"}, volume
+            assert set(volume) - {"name"} <= {
+                "persistentVolumeClaim",
+                "emptyDir",
+                "secret",
+                "configMap",
+                "projected",
+            }, volume
         # At pod level too, so containers KubeRay adds (the autoscaler sidecar) inherit it; a pod that
         # writes a claimed volume owns it through fsGroup, without a recursive chown at every start.
         own = pod.get("securityContext", {})
@@ -69,28 +78,36 @@ def test_only_the_autoscaling_head_holds_a_service_account_token(overlay):
     assert holders == [("RayService", ["ray-head"])], holders
 
 
+SECRET_FILES = {"CXR_MONGODB_URI": ("cxr-mongodb", "uri")} | {
+    f"CXR_{key.replace('-', '_').upper()}": ("cxr-app-keys", key) for key in ("session-secret", "pseudonym-key")
+}
+
+
 def assert_secrets_only_where_read(name: str, service: dict) -> None:
     """Secrets reach only the cpu group, the one node kind whose replicas read them (Ingress and
-    ResultStore ask for its cxr_cpu_node resource); the head and the GPU nodes carry none."""
+    ResultStore ask for its cxr_cpu_node resource), as files in the folder CXR_SECRETS_DIR names
+    (never variables, which every Ray worker process on the node would inherit); the head and the
+    GPU nodes carry none."""
     cluster = service["spec"]["rayClusterConfig"]
     groups = {"head": cluster["headGroupSpec"]} | {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     for group_name, group in groups.items():
-        (container,) = group["template"]["spec"]["containers"]
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
         env = {e["name"]: e for e in container.get("env", [])}
-        secret_env = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
-        assert not container.get("envFrom"), group_name
-        if group_name != "cpu":
-            assert not secret_env, (group_name, secret_env)
-        elif name == "gpu":
-            assert secret_env == {"CXR_MONGODB_URI", "CXR_SESSION_SECRET", "CXR_PSEUDONYM_KEY"}
-            assert env["CXR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "cxr-mongodb", "key": "uri"}
-        else:
-            assert not secret_env  # the embedded database, keys drawn at deploy time
+        assert not container.get("envFrom") and all("value" in e for e in env.values()), group_name
         # Every node may build the app, so the plain settings are the same everywhere.
-        assert {n: e.get("value") for n, e in env.items() if n not in secret_env} == {
+        assert {n: e["value"] for n, e in env.items()} == {
             "CXR_MONGODB_DATABASE": "cxr",
             "CXR_AUTH": "api_key",
+            "CXR_SECRETS_DIR": "/var/run/secrets/cxr",
         }, group_name
+        files = secret_files(pod, container)
+        if group_name == "cpu" and name == "gpu":
+            assert files == {"/var/run/secrets/cxr": SECRET_FILES}, files
+            defaults = [v["projected"]["defaultMode"] for v in pod["volumes"] if "projected" in v]
+            assert defaults == [0o440] and pod["securityContext"]["fsGroup"] == 1000  # the ray user's group only
+        else:  # cpu-dev: the embedded database, keys drawn at deploy time
+            assert not files, (group_name, files)
     readers = [d for d in serve_config(service)["applications"][0]["deployments"] if d["name"] != "BatchedClassifier"]
     assert all("cxr_cpu_node" in d["ray_actor_options"]["resources"] for d in readers)
     assert "cxr_cpu_node" in groups["cpu"]["resources"]
@@ -101,6 +118,12 @@ def test_secrets_reach_only_the_pods_that_read_them(overlay):
     (service,) = by_kind(docs, "RayService")
     assert_secrets_only_where_read(name, service)
     assert "mongodb://" not in json.dumps(docs) and "mongodb+srv://" not in json.dumps(docs)
+    for doc in docs:  # no pod of any workload takes a Secret as a variable (checkov CKV_K8S_35)
+        for pod in pod_specs(doc):
+            for container in pod["containers"]:
+                refs = [e for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+                refs += [e for e in container.get("envFrom", []) if "secretRef" in e]
+                assert not refs, (doc["metadata"]["name"], refs)
 
 
 def test_the_production_ingress_serves_the_app_over_tls_with_room_for_uploads():

@@ -8,8 +8,8 @@ import json
 import shlex
 from pathlib import Path
 
-from tests.k8s.conftest import by_kind
-from tests.k8s.manifests import containers
+from tests.k8s.conftest import by_kind, pod_specs
+from tests.k8s.manifests import containers, secret_files
 from training.config import add_train_arguments
 
 
@@ -55,13 +55,15 @@ def test_the_archive_scoring_job_runs_cxr_score_as_placed(overlay):
     gpus = int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
     assert args.gpu == (name == "gpu") and (not args.gpu or args.actors <= group["maxReplicas"] * gpus)
     assert args.cpus_per_actor <= float(container["resources"]["limits"]["cpu"])
-    for pod in containers(job):
-        assert "/mnt/cxr" in {m["mountPath"] for m in pod.get("volumeMounts", [])}
-        env = {e["name"]: e for e in pod.get("env", [])}
-        if args.save:  # into the service's MongoDB; cpu-dev has none outside the app's own pod
-            assert env["CXR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "cxr-mongodb", "key": "uri"}
-        else:
-            assert "CXR_MONGODB_URI" not in env
+    for pod in pod_specs(job)[:2]:  # the head and the workers (not the submitter)
+        (container,) = pod["containers"]
+        assert "/mnt/cxr" in {m["mountPath"] for m in container.get("volumeMounts", [])}
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        files = secret_files(pod, container)
+        if args.save:  # into the service's MongoDB, the URI a file where CXR_SECRETS_DIR says
+            assert files == {env["CXR_SECRETS_DIR"]: {"CXR_MONGODB_URI": ("cxr-mongodb", "uri")}}
+        else:  # cpu-dev has no MongoDB outside the app's own pod
+            assert not files and "CXR_MONGODB_URI" not in env
     assert args.save == (name == "gpu")
 
 

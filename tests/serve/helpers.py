@@ -220,3 +220,14 @@ class SteadyLoad:
     @property
     def success_rate(self) -> float:
         return sum(status == 200 for status in self.statuses) / len(self.statuses)
+
+
+def mount_secret(folder, values: dict) -> None:
+    """A Secret volume as the kubelet writes it: each key a symlink into a timestamped folder
+    through ``..data``, which it swaps atomically on update."""
+    stamped = folder / "..2026_12_06_12_00_00.000000001"
+    stamped.mkdir(parents=True)
+    for name, value in values.items():
+        (stamped / name).write_text(value)
+        (folder / name).symlink_to(f"..data/{name}")
+    (folder / "..data").symlink_to(stamped.name)

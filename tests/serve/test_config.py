@@ -122,3 +122,28 @@ def test_without_any_secret_the_builder_draws_keys_every_replica_shares(monkeypa
     assert passed.with_own_secrets().session_secret == passed.session_secret
     monkeypatch.setenv("CXR_SESSION_SECRET", SECRETS["CXR_SESSION_SECRET"])
     assert passed.with_own_secrets().session_secret == SECRETS["CXR_SESSION_SECRET"]
+
+
+def test_a_replica_reads_its_secrets_from_files_where_the_secret_is_mounted(tmp_path, monkeypatch):
+    """Kubernetes mounts the Secret's keys as files named like the variables: read there, they stay
+    out of the environment every Ray worker on the node inherits; a variable still wins."""
+    from serve.settings import MissingSecret, ServeSettings
+    from tests.serve.helpers import mount_secret
+
+    folder = tmp_path / "secrets"
+    mount_secret(folder, SECRETS)
+    for name in SECRETS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CXR_SECRETS_DIR", str(folder))
+    passed = ServeSettings().for_deployments()  # the builder on this node: nothing passed down
+    assert passed.mongodb_uri is None and SECRETS["CXR_SESSION_SECRET"] not in passed.model_dump_json()
+    own = passed.with_own_secrets()
+    assert (own.mongodb_uri, own.session_secret, own.pseudonym_key) == tuple(SECRETS.values())
+    monkeypatch.setenv("CXR_MONGODB_URI", "mongodb://from-the-variable:27017")
+    assert passed.with_own_secrets().mongodb_uri == "mongodb://from-the-variable:27017"
+    # A node that names the folder without the Secret mounted there (the head, the GPU nodes) has none.
+    monkeypatch.delenv("CXR_MONGODB_URI")
+    monkeypatch.setenv("CXR_SECRETS_DIR", str(tmp_path / "not-mounted"))
+    assert ServeSettings().mongodb_uri is None
+    with pytest.raises(MissingSecret, match="CXR_SECRETS_DIR"):
+        passed.with_own_secrets()

@@ -25,7 +25,7 @@ from pymongo import MongoClient
 from serve.api_keys import ApiKeys
 from tests.helpers import free_port, skip_or_fail_in_ci
 from tests.serve.conftest import Service
-from tests.serve.helpers import SteadyLoad, wait_until
+from tests.serve.helpers import SteadyLoad, mount_secret, wait_until
 from tests.serve.ray_nodes import RayCluster, RayNode, RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,8 +98,8 @@ def ha(tmp_path_factory, mongo_server, tiny_checkpoint):
             skip_or_fail_in_ci(f"{program} is not installed (Debian redis-server; .ci/run installs it)")
     redis = RedisServer(tmp_path_factory.mktemp("redis"), "redis-test-password").start()
     database = "cxr_ha"
-    # The secrets come from the nodes' environment, as from the cpu pods' Secret in k8s; the plain
-    # settings (and a canary) from the app's runtime_env, which Serve stores in the GCS.
+    # The secrets are files on the nodes, as the cpu pods' Secret volume in k8s (CXR_SECRETS_DIR);
+    # the plain settings (and a canary) come from the app's runtime_env, which Serve stores in the GCS.
     secrets = {
         "CXR_MONGODB_URI": mongo_server.uri,
         "CXR_SESSION_SECRET": f"ha-session-{uuid.uuid4().hex}",
@@ -107,9 +107,10 @@ def ha(tmp_path_factory, mongo_server, tiny_checkpoint):
     }
     plain = {"CXR_MONGODB_DATABASE": database, "CXR_AUTH": "api_key", "CXR_HA_CANARY": f"canary-{uuid.uuid4().hex}"}
     # Test clusters run without Ray's token auth (the k8s manifests turn it on).
-    cluster = RayCluster(
-        redis, {"RAY_AUTH_MODE": "disabled", **secrets}, cpus_per_node=2, resources='{"cxr_cpu_node": 1}'
-    )
+    folder = tmp_path_factory.mktemp("secrets") / "cxr"
+    mount_secret(folder, secrets)
+    node_env = {"RAY_AUTH_MODE": "disabled", "CXR_SECRETS_DIR": str(folder)}
+    cluster = RayCluster(redis, node_env, cpus_per_node=2, resources='{"cxr_cpu_node": 1}')
     try:
         cluster.start(workers=1)
         _, api_key = ApiKeys(MongoClient(mongo_server.uri)[database]).create("ha-test", "admin", 100_000)
