@@ -143,6 +143,24 @@ def test_cxr_keys_and_audit_commands(mongo_server, access_db):
     assert ApiKeys(access_db).verify(token) is None
 
 
+def test_cxr_keys_on_a_serving_cpu_pod_reads_the_database_uri_from_the_mounted_secret(
+    mongo_server, access_db, tmp_path
+):
+    """The deploy steps make the first key with `kubectl exec` on a CPU worker, whose URI is a file in
+    CXR_SECRETS_DIR (the pod's Secret volume), not a variable."""
+    from tests.serve.helpers import mount_secret
+
+    mount_secret(tmp_path / "cxr", {"CXR_MONGODB_URI": mongo_server.uri})
+    env = {k: v for k, v in os.environ.items() if k != "CXR_MONGODB_URI"}
+    env |= {"CXR_SECRETS_DIR": str(tmp_path / "cxr"), "CXR_MONGODB_DATABASE": access_db.name}
+    cxr = str(Path(sys.executable).with_name("cxr"))
+    created = subprocess.run(
+        [cxr, "keys", "create", "--name", "ward-7"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert created.returncode == 0, created.stderr
+    assert ApiKeys(access_db).verify(created.stdout.split("store it now): ")[1].strip()).name == "ward-7"
+
+
 def _chained_log(access_db, entries: int = 6) -> AuditLog:
     audit, actor = AuditLog(access_db), Identity("dr-chain", "k9", "clinician")
     for i in range(entries):
